@@ -130,16 +130,12 @@ def encode_views(model: DepthCLIP, views: torch.Tensor) -> torch.Tensor:
         raise ValueError(f'views must have shape (B, V, H, W), got {tuple(views.shape)}')
     images = preprocess_views(views, model)
     b, v = images.shape[:2]
-    split = v // 2 if model.has_depth_branch else v
-    feats = []
+    depth_mask = torch.zeros(b, v, dtype=torch.bool)
+    if model.has_depth_branch:
+        depth_mask[:, v // 2:] = True
     with torch.inference_mode():
-        if split > 0:
-            feats.append(model.encode_image(images[:, :split].flatten(0, 1), 'pretrained')
-                         .float().reshape(b, split, -1))
-        if split < v:
-            feats.append(model.encode_image(images[:, split:].flatten(0, 1), 'depth')
-                         .float().reshape(b, v - split, -1))
-    return F.normalize(torch.cat(feats, dim=1), dim=-1)
+        feats = model.encode_image_mixed(images.flatten(0, 1), depth_mask.flatten())
+    return F.normalize(feats.float().reshape(b, v, -1), dim=-1)
 
 
 def aggregate_scores(view_features: torch.Tensor, text_weights: torch.Tensor) -> torch.Tensor:

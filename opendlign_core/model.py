@@ -182,23 +182,48 @@ class DepthCLIP(nn.Module):
             raise ValueError(f'images must have shape (B, 3, H, W), got {tuple(images.shape)}')
         if branch not in ('pretrained', 'depth'):
             raise ValueError(f"branch must be 'pretrained' or 'depth', got {branch!r}")
-        images = images.to(device=self.device, dtype=self.dtype)
         if branch == 'pretrained':
-            return self.clip.visual(images)
-        if self.depth_block is None:
-            raise ValueError("branch='depth' needs a model with a depth branch")
+            return self.clip.visual(images.to(device=self.device, dtype=self.dtype))
+        return self.encode_image_mixed(images, torch.ones(images.shape[0], dtype=torch.bool))
+
+    def encode_image_mixed(self, images: torch.Tensor, depth_mask: torch.Tensor) -> torch.Tensor:
+        """
+        Encode a batch where some images take the depth branch, in one pass.
+
+        Both branches share blocks ``0 .. L-2``; only the last block differs, so the trunk runs
+        once for the whole batch and the depth block only for the masked images.
+
+        :param images: (B, 3, S, S) float tensor, ImageNet-normalised.
+        :param depth_mask: (B,) bool, ``True`` where the image takes the depth branch.
+        :return: (B, D) image features, not normalised, in the model's dtype.
+        :raises ValueError: On bad shapes, or a depth image without a depth branch.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f'images must have shape (B, 3, H, W), got {tuple(images.shape)}')
+        if depth_mask.shape != (images.shape[0],) or depth_mask.dtype != torch.bool:
+            raise ValueError(f'depth_mask must be a ({images.shape[0]},) bool tensor, got '
+                             f'{tuple(depth_mask.shape)} {depth_mask.dtype}')
+        if self.depth_block is None and bool(depth_mask.any()):
+            raise ValueError('the depth branch needs a model with a depth branch')
         visual = self.clip.visual
         transformer = visual.transformer
-        x = visual._embeds(images)
+        x = visual._embeds(images.to(device=self.device, dtype=self.dtype))
         if not transformer.batch_first:
             x = x.transpose(0, 1)
         blocks = transformer.resblocks
         for block in blocks[:-1]:
             x = block(x)
-        x = 0.5 * blocks[-1](x) + 0.5 * self.depth_block(x)
+        # Index along the batch axis (0 when batch-first, 1 for open_clip's older LND layout).
+        axis = 0 if transformer.batch_first else 1
+        idx = depth_mask.to(x.device).nonzero().flatten()
+        out = blocks[-1](x)
+        if idx.numel():
+            x_depth = x.index_select(axis, idx)
+            mixed = 0.5 * out.index_select(axis, idx) + 0.5 * self.depth_block(x_depth)
+            out = out.index_copy(axis, idx, mixed)
         if not transformer.batch_first:
-            x = x.transpose(0, 1)
-        pooled, _ = visual._pool(x)
+            out = out.transpose(0, 1)
+        pooled, _ = visual._pool(out)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
         return pooled

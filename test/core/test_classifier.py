@@ -88,16 +88,17 @@ def test_label_embedding_is_normalised_mean_of_prompt_embeddings(classifier):
 
 
 def test_dual_encoder_split(classifier, monkeypatch):
-    branches = []
-    real = classifier.model.encode_image
+    masks = []
+    real = classifier.model.encode_image_mixed
 
-    def spy(images, branch='pretrained'):
-        branches.append((branch, images.shape[0]))
-        return real(images, branch)
+    def spy(images, depth_mask):
+        masks.append(depth_mask.clone())
+        return real(images, depth_mask)
 
-    monkeypatch.setattr(classifier.model, 'encode_image', spy)
+    monkeypatch.setattr(classifier.model, 'encode_image_mixed', spy)
     feats = encode_views(classifier.model, torch.rand(2, 10, 64, 64))
-    assert branches == [('pretrained', 10), ('depth', 10)]  # views 0-4 and 5-9 of 2 objects
+    # Views 0-4 of each object take the pre-trained branch, views 5-9 the depth branch.
+    assert masks[0].tolist() == ([False] * 5 + [True] * 5) * 2
     assert feats.shape == (2, 10, 32)
     torch.testing.assert_close(feats.norm(dim=-1), torch.ones(2, 10))
 

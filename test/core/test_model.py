@@ -61,6 +61,17 @@ def test_depth_branch_matches_reference_formula(tiny, images):
     assert (depth - pretrained).abs().max() > 1e-3
 
 
+def test_mixed_batch_equals_separate_branches(tiny, images):
+    mask = torch.tensor([False, True, True])
+    with torch.no_grad():
+        mixed = tiny.encode_image_mixed(images, mask)
+        pre = tiny.encode_image(images[:1], 'pretrained')
+        dep = tiny.encode_image(images[1:], 'depth')
+    torch.testing.assert_close(mixed, torch.cat([pre, dep]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='depth_mask'):
+        tiny.encode_image_mixed(images, torch.tensor([1, 0, 1]))
+
+
 @pytest.mark.parametrize('name, width', [('OpenDlign-Tiny-Test', 64), ('ViT-B-32', 768)])
 def test_trainable_parameter_count_is_attention_of_one_block(name, width):
     model = create_depth_clip(ModelConfig(model_name=name))
