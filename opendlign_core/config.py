@@ -28,14 +28,16 @@ class ProjectionConfig:
 
     #: Projection algorithm: ``'contour'`` (OpenDlign) or ``'realistic'`` (PointCLIP V2 baseline).
     method: ProjectionMethod = 'contour'
-    #: Rotation angles of the views about the view axis, degrees, in encoder order.
+    #: Azimuths of the views about the object's +z (up) axis, degrees, in encoder order (the
+    #: first half go to the pre-trained encoder); see :mod:`opendlign_core.projection`.
     view_angles_deg: Tuple[float, ...] = DEFAULT_VIEW_ANGLES_DEG
     #: Elevation of every view above the horizontal plane, degrees (positive looks down).
     elevation_deg: float = 20.0
     #: Output height and width of each depth map, pixels.
     resolution: int = 224
-    #: Number of depth bins B of the voxel grid.
-    depth_bins: int = 16
+    #: Number of depth bins B of the voxel grid (8: PointCLIP V2's value; B <= 8 takes the fast
+    #: exact table path of :mod:`opendlign_core.projection`, larger B a slower dense path).
+    depth_bins: int = 8
     #: Max-pool (densify) kernel edge, voxels; odd.
     densify_kernel: int = 7
     #: Bilateral filter window edge, voxels; odd.
@@ -162,9 +164,13 @@ class SegmentationConfig:
     #: Largest number of planes tried by RANSAC before clustering.
     max_planes: int = 8
     #: RANSAC inlier distance for floor, ceiling and wall planes, metres.
-    plane_distance: float = 0.025
+    plane_distance: float = 0.04
     #: RANSAC iterations per plane.
-    plane_iterations: int = 250
+    plane_iterations: int = 200
+    #: Voxels sampled for each RANSAC search (the plane is then refitted on all of them).
+    ransac_max_points: int = 4000
+    #: Voxel budget; the grid is coarsened by 1.5x steps until the occupied voxels fit.
+    max_voxels: int = 150_000
     #: Fewest voxels a plane needs to be considered at all.
     min_plane_voxels: int = 300
     #: Largest angle between a plane normal and +z for the plane to count as horizontal, degrees.
@@ -177,16 +183,19 @@ class SegmentationConfig:
     remove_ceiling: bool = True
     #: Remove wall planes (vertical, large, almost nothing behind them).
     remove_walls: bool = True
-    #: Largest fraction of the scene's voxels allowed on the far side of a floor/ceiling/wall plane.
+    #: Largest fraction of the scene's voxels allowed beyond a floor, ceiling or wall plane.
     max_outside_fraction: float = 0.05
     #: Smallest horizontal length of a wall plane's inliers, metres.
     wall_min_length: float = 1.0
     #: Smallest vertical extent of a wall plane's inliers, metres.
     wall_min_height: float = 1.2
+    #: Oversized clusters lose their voxels closer than this to a wall and are re-clustered,
+    #: metres (wall-noise sheets otherwise chain the objects along a wall together).
+    wall_residue_distance: float = 0.1
     #: Clustering algorithm: ``'euclidean'`` (connected components) or ``'dbscan'`` (open3d).
     cluster_method: ClusterMethod = 'euclidean'
     #: Neighbour distance linking two voxels of one cluster, metres.
-    cluster_distance: float = 0.09
+    cluster_distance: float = 0.07
     #: DBSCAN core-point neighbour count (``'dbscan'`` only).
     dbscan_min_points: int = 3
     #: Fewest original points a cluster needs to be kept.
@@ -198,7 +207,7 @@ class SegmentationConfig:
     #: Largest vertical extent of a kept cluster, metres.
     max_cluster_height: float = 2.5
     #: Split clusters whose footprint contains several separate blobs at a tighter link distance.
-    split_clusters: bool = True
+    split_clusters: bool = False
     #: Link distance used when trying to split a cluster, metres.
     split_distance: float = 0.05
     #: Fewest original points each part of a split needs (otherwise the cluster stays whole).
@@ -207,12 +216,12 @@ class SegmentationConfig:
     def __post_init__(self) -> None:
         for name in ('voxel_size', 'plane_distance', 'cluster_distance', 'wall_min_length',
                      'wall_min_height', 'max_cluster_extent', 'max_cluster_height',
-                     'split_distance'):
+                     'split_distance', 'wall_residue_distance'):
             _check(getattr(self, name) > 0, name, getattr(self, name), '> 0')
         for name in ('max_planes', 'min_cluster_points', 'min_cluster_extent'):
             _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
         for name in ('plane_iterations', 'min_plane_voxels', 'dbscan_min_points',
-                     'split_min_points'):
+                     'split_min_points', 'ransac_max_points', 'max_voxels'):
             _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
         for name in ('horizontal_tolerance_deg', 'vertical_tolerance_deg'):
             _check(0 < getattr(self, name) < 45, name, getattr(self, name), 'in (0, 45)')

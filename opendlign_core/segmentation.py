@@ -1,0 +1,390 @@
+"""
+Class-agnostic segmentation of a scene point cloud into object clusters.
+
+Input clouds are (N, 3) metres in a gravity-aligned frame with +z up (:func:`to_z_up` rotates
+other conventions into it). Pipeline, all on a voxel grid so that the cost barely depends on N:
+
+1. voxel down-sampling (centroid per occupied voxel, every point keeps its voxel index);
+2. RANSAC planes (open3d): horizontal planes with almost nothing below (floor) or above
+   (ceiling), and large vertical planes with almost nothing behind them (walls) are removed
+   together with whatever lies beyond them; other planes (table tops, cabinet fronts) are kept;
+3. Euclidean clustering (connected components of the voxel neighbour graph) or open3d DBSCAN;
+4. optional splitting of a cluster that falls apart into several large parts at a tighter link;
+5. filters on point count and extent; labels map back to all points through the voxel index.
+"""
+
+from dataclasses import dataclass, field
+import logging
+import math
+import time
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+import open3d as o3d
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from opendlign_core.config import SegmentationConfig
+
+logger = logging.getLogger(__name__)
+
+PlaneKind = Literal['floor', 'ceiling', 'wall']
+
+_UP_ROTATIONS = {
+    'z': np.eye(3),
+    '-z': np.diag([1.0, -1.0, -1.0]),
+    # Y-up (x right, z towards the viewer) -> z-up: (x, y, z) -> (x, -z, y).
+    'y': np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]),
+    '-y': np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),
+    'x': np.array([[0, 0, -1.0], [0, 1, 0], [1, 0, 0]]),
+    '-x': np.array([[0, 0, 1.0], [0, 1, 0], [-1, 0, 0]]),
+}
+
+
+def up_rotation(up_axis: str) -> np.ndarray:
+    """
+    Return the proper rotation taking a frame whose up axis is ``up_axis`` to a +z-up frame.
+
+    :param up_axis: One of ``'x', 'y', 'z', '-x', '-y', '-z'``.
+    :return: (3, 3) float64 rotation R (det +1); z-up points are ``points @ R.T``.
+    :raises ValueError: If ``up_axis`` is unknown.
+    """
+    try:
+        return _UP_ROTATIONS[up_axis].copy()
+    except KeyError as e:
+        raise ValueError(f'up_axis must be one of {sorted(_UP_ROTATIONS)}, got {up_axis!r}') from e
+
+
+def to_z_up(points: np.ndarray, up_axis: str) -> np.ndarray:
+    """
+    Rotate points into the +z-up frame.
+
+    :param points: (N, 3) metres, frame with ``up_axis`` pointing up.
+    :param up_axis: One of ``'x', 'y', 'z', '-x', '-y', '-z'``.
+    :return: (N, 3) float32 metres, +z up.
+    """
+    pts = np.asarray(points, dtype=np.float32)
+    if up_axis == 'z':
+        return pts
+    return (pts @ up_rotation(up_axis).T.astype(np.float32)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Plane:
+    """A removed structural plane: ``normal . p + offset = 0`` with the normal pointing inside."""
+
+    kind: PlaneKind
+    normal: np.ndarray
+    offset: float
+    num_points: int
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """
+    Outcome of :func:`segment_scene`.
+
+    ``labels`` is (N,) int64 over the input points: the cluster id, or -1 for removed structure,
+    noise, filtered clusters and non-finite points. ``clusters[k]`` holds the (K_k,) int64 indices
+    of cluster k, clusters ordered by decreasing size.
+    """
+
+    labels: np.ndarray
+    clusters: tuple[np.ndarray, ...]
+    planes: tuple[Plane, ...]
+    num_voxels: int
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+
+
+def voxelize(points: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Down-sample points to the centroids of their occupied voxels.
+
+    :param points: (N, 3) finite metres.
+    :param voxel_size: Voxel edge, metres, > 0.
+    :return: ``(centroids (M, 3) float64, inverse (N,) int64 voxel of each point,
+        counts (M,) int64 points per voxel)``; voxels in lexicographic order of their indices.
+    :raises ValueError: If ``voxel_size`` is not positive.
+    """
+    if not voxel_size > 0:
+        raise ValueError(f'voxel_size must be > 0, got {voxel_size}')
+    pts = np.asarray(points, dtype=np.float64)
+    if len(pts) == 0:
+        return np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    grid = np.floor((pts - pts.min(axis=0)) / voxel_size).astype(np.int64)
+    dims = grid.max(axis=0) + 1
+    keys = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1).astype(np.int64)
+    centroids = np.empty((len(counts), 3))
+    for d in range(3):
+        centroids[:, d] = np.bincount(inverse, weights=pts[:, d], minlength=len(counts))
+    centroids /= counts[:, None]
+    return centroids, inverse, counts.astype(np.int64)
+
+
+def euclidean_clusters(points: np.ndarray, distance: float) -> np.ndarray:
+    """
+    Label the connected components of the graph linking points closer than ``distance``.
+
+    :param points: (M, 3) metres.
+    :param distance: Link distance, metres.
+    :return: (M,) int64 component ids in [0, C).
+    """
+    n = len(points)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    pairs = cKDTree(points).query_pairs(distance, output_type='ndarray')
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    return comp.astype(np.int64)
+
+
+def _dbscan(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    return np.asarray(pcd.cluster_dbscan(eps=eps, min_points=min_points), dtype=np.int64)
+
+
+def _remove_structure(vox: np.ndarray, weights: np.ndarray, cfg: SegmentationConfig,
+                      seed: int) -> tuple[np.ndarray, list[Plane]]:
+    removed = np.zeros(len(vox), bool)
+    candidate = np.ones(len(vox), bool)
+    planes: list[Plane] = []
+    if not (cfg.remove_floor or cfg.remove_ceiling or cfg.remove_walls):
+        return removed, planes
+    cos_h = math.cos(math.radians(cfg.horizontal_tolerance_deg))
+    sin_v = math.sin(math.radians(cfg.vertical_tolerance_deg))
+    margin = cfg.plane_distance
+    rng = np.random.default_rng(seed)
+    o3d.utility.random.seed(seed)
+    for _ in range(cfg.max_planes):
+        idx = np.flatnonzero(candidate & ~removed)
+        if len(idx) < cfg.min_plane_voxels:
+            break
+        # RANSAC on a subsample, then a least-squares refit on all inliers: fast and untilted.
+        sample = idx if len(idx) <= cfg.ransac_max_points else np.sort(
+            rng.choice(idx, cfg.ransac_max_points, replace=False))
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(vox[sample]))
+        model, _ = pcd.segment_plane(cfg.plane_distance, 3, cfg.plane_iterations)
+        normal = np.asarray(model[:3], float)
+        normal /= np.linalg.norm(normal)
+        offset = float(model[3]) / np.linalg.norm(np.asarray(model[:3], float))
+        normal, offset = _snap_plane(vox[idx], normal, offset, cfg, cos_h, sin_v)
+        inliers = idx[np.abs(vox[idx] @ normal + offset) < cfg.plane_distance]
+        if len(inliers) < cfg.min_plane_voxels:
+            break
+        # Outside fractions count removed voxels too: an object face in front of an already
+        # removed wall has that wall behind it, so it is never taken for a wall itself.
+        alive = np.ones(len(vox), bool)
+        total = float(weights.sum())
+        signed = vox @ normal + offset
+        kind: PlaneKind | None = None
+        if abs(normal[2]) >= cos_h:
+            if normal[2] < 0:
+                normal, offset, signed = -normal, -offset, -signed
+            below = weights[alive & (signed < -margin)].sum() / total
+            above = weights[alive & (signed > margin)].sum() / total
+            if cfg.remove_floor and below <= cfg.max_outside_fraction:
+                kind = 'floor'
+            elif cfg.remove_ceiling and above <= cfg.max_outside_fraction:
+                kind, normal, offset, signed = 'ceiling', -normal, -offset, -signed
+        elif abs(normal[2]) <= sin_v and cfg.remove_walls:
+            back = weights[alive & (signed < -margin)].sum() / total
+            front = weights[alive & (signed > margin)].sum() / total
+            if front < back:
+                normal, offset, signed = -normal, -offset, -signed
+                back = front
+            along = np.array([-normal[1], normal[0], 0.0])
+            span = vox[inliers] @ along
+            length = float(np.ptp(span))
+            height = float(np.ptp(vox[inliers, 2]))
+            if (back <= cfg.max_outside_fraction and length >= cfg.wall_min_length
+                    and height >= cfg.wall_min_height):
+                kind = 'wall'
+        if kind is None:
+            candidate[inliers] = False
+            continue
+        gone = ~removed & (signed < cfg.plane_distance)
+        removed |= gone
+        planes.append(Plane(kind, normal, offset, int(weights[inliers].sum())))
+    return removed, planes
+
+
+def _snap_plane(vox: np.ndarray, normal: np.ndarray, offset: float, cfg: SegmentationConfig,
+                cos_h: float, sin_v: float) -> tuple[np.ndarray, float]:
+    # In a gravity-aligned frame floors are horizontal and walls vertical: snap near-horizontal
+    # and near-vertical normals exactly, then place the plane at the median of a tight band, so
+    # that objects standing close to a wall cannot tilt it into themselves.
+    if abs(normal[2]) >= cos_h:
+        normal = np.array([0.0, 0.0, 1.0])
+    elif abs(normal[2]) <= sin_v:
+        normal = np.array([normal[0], normal[1], 0.0])
+        normal /= np.linalg.norm(normal)
+        for _ in range(2):
+            near = np.abs(vox @ normal + offset) < 0.5 * cfg.plane_distance
+            if near.sum() < 3:
+                break
+            xy = vox[near, :2]
+            centre = xy.mean(axis=0)
+            _, _, vt = np.linalg.svd(xy - centre, full_matrices=False)
+            n2 = vt[1] if np.dot(vt[1], normal[:2]) >= 0 else -vt[1]
+            normal = np.array([n2[0], n2[1], 0.0])
+            offset = -float(n2 @ centre)
+    else:
+        return normal, offset
+    for band in (cfg.plane_distance, 0.5 * cfg.plane_distance):
+        dist = vox @ normal + offset
+        near = np.abs(dist) < band
+        if near.sum() < 3:
+            break
+        offset -= float(np.median(dist[near]))
+    return normal, offset
+
+
+def _check_cloud(points: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f'points must have shape (N, 3), got {pts.shape}')
+    if not np.issubdtype(pts.dtype, np.number):
+        raise TypeError(f'points must be numeric, got dtype {pts.dtype}')
+    return pts
+
+
+def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationConfig(),
+                  seed: int = 0) -> SegmentationResult:
+    """
+    Segment a scene cloud into object clusters.
+
+    Non-finite rows are ignored (label -1). An empty cloud, or one that is entirely structure,
+    gives a result with no clusters.
+
+    :param points: (N, 3) metres, +z up (see :func:`to_z_up`).
+    :param config: Segmentation settings.
+    :param seed: Seed of the RANSAC sampling (results are deterministic for a seed).
+    :return: The labels, the clusters and the removed planes.
+    :raises ValueError: If ``points`` is not (N, 3).
+    :raises TypeError: If ``points`` is not numeric.
+    """
+    t0 = time.perf_counter()
+    pts = _check_cloud(points)
+    n = len(pts)
+    labels = np.full(n, -1, np.int64)
+    finite = np.isfinite(pts).all(axis=1)
+    valid = np.flatnonzero(finite) if not finite.all() else None
+    work = pts[valid] if valid is not None else pts
+    if len(work) == 0:
+        return SegmentationResult(labels, (), (), 0, {'total': 0.0})
+    voxel = config.voxel_size
+    vox, inverse, counts = voxelize(work, voxel)
+    while len(vox) > config.max_voxels:
+        # Keep the cost bounded on huge or sparse clouds: coarsen until the budget fits.
+        voxel *= 1.5
+        vox, inverse, counts = voxelize(work, voxel)
+    if voxel != config.voxel_size:
+        logger.info('segmentation voxel coarsened to %.3f m for %d points', voxel, len(work))
+    t1 = time.perf_counter()
+    removed, planes = _remove_structure(vox, counts.astype(np.float64), config, seed)
+    t2 = time.perf_counter()
+    keep = np.flatnonzero(~removed)
+    vox_label = np.full(len(vox), -1, np.int64)
+    if len(keep):
+        if config.cluster_method == 'dbscan':
+            comp = _dbscan(vox[keep], config.cluster_distance, config.dbscan_min_points)
+        else:
+            comp = euclidean_clusters(vox[keep], config.cluster_distance)
+        walls = [p for p in planes if p.kind == 'wall']
+        vox_label[keep] = _filter_clusters(vox[keep], counts[keep], comp, config, walls)
+    t3 = time.perf_counter()
+    point_label = vox_label[inverse]
+    # Renumber by decreasing point count.
+    pos = point_label >= 0
+    num = int(point_label.max()) + 1 if pos.any() else 0
+    sizes = np.bincount(point_label[pos], minlength=num)
+    order = np.argsort(-sizes, kind='stable')
+    rank = np.empty(num, np.int64)
+    rank[order] = np.arange(num)
+    if num:
+        point_label = np.where(pos, rank[np.maximum(point_label, 0)], -1)
+    if valid is not None:
+        labels[valid] = point_label
+    else:
+        labels = point_label
+    clusters = _group_indices(labels, num)
+    t4 = time.perf_counter()
+    timings = {'voxelize': 1e3 * (t1 - t0), 'planes': 1e3 * (t2 - t1),
+               'cluster': 1e3 * (t3 - t2), 'map': 1e3 * (t4 - t3), 'total': 1e3 * (t4 - t0)}
+    return SegmentationResult(labels, clusters, tuple(planes), len(vox), timings)
+
+
+def _group_indices(labels: np.ndarray, num: int) -> tuple[np.ndarray, ...]:
+    if num == 0:
+        return ()
+    order = np.argsort(labels, kind='stable')
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, np.arange(num + 1))
+    return tuple(order[starts[k]:starts[k + 1]].astype(np.int64) for k in range(num))
+
+
+def _filter_clusters(vox: np.ndarray, counts: np.ndarray, comp: np.ndarray,
+                     cfg: SegmentationConfig, walls: Sequence[Plane] = ()) -> np.ndarray:
+    out = np.full(len(vox), -1, np.int64)
+    if len(comp) == 0 or comp.max() < 0:
+        return out
+    next_id = 0
+    order = np.argsort(comp, kind='stable')
+    bounds = np.searchsorted(comp[order], np.arange(comp.max() + 2))
+    for k in range(comp.max() + 1):
+        members = order[bounds[k]:bounds[k + 1]]
+        if counts[members].sum() < cfg.min_cluster_points:
+            continue
+        parts = [members]
+        if walls and not _accept(vox[members], int(counts[members].sum()), cfg):
+            parts = _strip_wall_residue(vox, counts, members, cfg, walls)
+        if cfg.split_clusters:
+            parts = [q for p in parts for q in (_split(vox, counts, p, cfg) if len(p) > 1
+                                                  else [p])]
+        for part in parts:
+            if _accept(vox[part], int(counts[part].sum()), cfg):
+                out[part] = next_id
+                next_id += 1
+    return out
+
+
+def _strip_wall_residue(vox: np.ndarray, counts: np.ndarray, members: np.ndarray,
+                        cfg: SegmentationConfig, walls: Sequence[Plane]) -> list[np.ndarray]:
+    # Depth noise leaves a thin sheet of wall points beyond the RANSAC band that chains
+    # everything along a wall into one oversized cluster: drop that sheet and re-cluster.
+    dist = np.min(np.stack([np.abs(vox[members] @ w.normal + w.offset) for w in walls]), axis=0)
+    rest = members[dist >= cfg.wall_residue_distance]
+    if len(rest) == 0:
+        return []
+    sub = euclidean_clusters(vox[rest], cfg.cluster_distance)
+    return [rest[sub == k] for k in range(int(sub.max()) + 1)]
+
+
+def _split(vox: np.ndarray, counts: np.ndarray, members: np.ndarray,
+           cfg: SegmentationConfig) -> list[np.ndarray]:
+    sub = euclidean_clusters(vox[members], cfg.split_distance)
+    if sub.max() == 0:
+        return [members]
+    weight = np.bincount(sub, weights=counts[members])
+    big = np.flatnonzero(weight >= cfg.split_min_points)
+    if len(big) < 2:
+        return [members]
+    # Small fragments join the nearest large part.
+    big_mask = np.isin(sub, big)
+    tree = cKDTree(vox[members[big_mask]])
+    _, nearest = tree.query(vox[members[~big_mask]])
+    assign = sub.copy()
+    assign[~big_mask] = sub[big_mask][nearest]
+    return [members[assign == b] for b in big]
+
+
+def _accept(vox: np.ndarray, num_points: int, cfg: SegmentationConfig) -> bool:
+    if num_points < cfg.min_cluster_points:
+        return False
+    extent = np.ptp(vox, axis=0)
+    return bool(max(extent[0], extent[1]) <= cfg.max_cluster_extent
+                and extent[2] <= cfg.max_cluster_height
+                and extent.max() + cfg.voxel_size >= cfg.min_cluster_extent)
