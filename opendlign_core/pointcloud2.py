@@ -1,0 +1,301 @@
+"""
+Decode and encode the byte layout of ``sensor_msgs/PointCloud2`` with NumPy only.
+
+This module knows the wire layout but not the message class: the ROS shell copies the message's
+attributes (``fields``, ``point_step``, ``row_step``, ``width``, ``height``, ``is_bigendian``,
+``data``) into these functions, so the decoding is testable and usable without ROS.
+
+Layout rules (REP-0104 / ``sensor_msgs/PointField``):
+
+* A point is ``point_step`` bytes; each field lies at ``offset`` bytes inside it and holds
+  ``count`` values of ``datatype`` (1..8 = INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32,
+  FLOAT64). Bytes that no field covers are padding.
+* A row is ``row_step`` bytes holding ``width`` points; bytes after ``width * point_step`` are row
+  padding. ``len(data) == row_step * height``.
+* Multi-byte values are big-endian when ``is_bigendian`` is true, little-endian otherwise.
+* ``is_dense`` is only a hint; non-finite points are filtered here regardless.
+
+Every message is validated before its buffer is interpreted: the publisher side does not check
+the metadata, and a naive ``np.frombuffer`` silently returns a wrong point count.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+INT8 = 1
+UINT8 = 2
+INT16 = 3
+UINT16 = 4
+INT32 = 5
+UINT32 = 6
+FLOAT32 = 7
+FLOAT64 = 8
+
+#: PointField datatype constant -> (NumPy kind and size without byte order, size in bytes).
+DATATYPES: Dict[int, Tuple[str, int]] = {
+    INT8: ('i1', 1),
+    UINT8: ('u1', 1),
+    INT16: ('i2', 2),
+    UINT16: ('u2', 2),
+    INT32: ('i4', 4),
+    UINT32: ('u4', 4),
+    FLOAT32: ('f4', 4),
+    FLOAT64: ('f8', 8),
+}
+
+#: Names of the coordinate fields that :func:`decode_xyz` reads, in output column order.
+XYZ = ('x', 'y', 'z')
+
+Buffer = Union[bytes, bytearray, memoryview, Any]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """
+    One ``sensor_msgs/PointField``: a named value (or fixed-size array) inside each point.
+
+    Only the attributes are stored; :func:`dtype_from_fields` validates a whole field list.
+    """
+
+    #: Field name, e.g. ``'x'``, ``'intensity'``.
+    name: str
+    #: Byte offset of the field inside a point.
+    offset: int
+    #: PointField datatype constant, 1..8 (INT8 .. FLOAT64).
+    datatype: int
+    #: Number of consecutive values of ``datatype``; ``1`` for scalars.
+    count: int = 1
+
+    @property
+    def nbytes(self) -> int:
+        """
+        Return the number of bytes the field occupies inside a point.
+
+        :return: ``count * sizeof(datatype)``.
+        :raises ValueError: If ``datatype`` is not 1..8.
+        """
+        return _datatype_size(self.datatype, self.name) * self.count
+
+
+def dtype_from_fields(
+    fields: Sequence[FieldSpec], point_step: int, is_bigendian: bool = False,
+) -> np.dtype:
+    """
+    Build the structured NumPy dtype of one point, validating the field list.
+
+    :param fields: The point's fields, in any order.
+    :param point_step: Bytes per point (the dtype's ``itemsize``); trailing bytes are padding.
+    :param is_bigendian: Byte order of multi-byte values in the buffer.
+    :return: A structured dtype with one entry per field (subarray of shape ``(count,)`` when
+        ``count > 1``) at its offset, with ``itemsize == point_step``.
+    :raises TypeError: If an attribute has the wrong type.
+    :raises ValueError: If there are no fields, a name is empty or repeated, a datatype is not
+        1..8, a count is below 1, an offset is negative, a field ends beyond ``point_step``, or
+        two fields overlap.
+    """
+    point_step = _check_int('point_step', point_step)
+    if point_step < 1:
+        raise ValueError(f'point_step must be >= 1, got {point_step}')
+    if not isinstance(is_bigendian, (bool, np.bool_)):
+        raise TypeError(f'is_bigendian must be a bool, got {type(is_bigendian).__name__}')
+    if isinstance(fields, (str, bytes)) or not isinstance(fields, Sequence):
+        raise TypeError(f'fields must be a sequence of FieldSpec, got {type(fields).__name__}')
+    if len(fields) == 0:
+        raise ValueError('fields is empty: a point cloud needs at least the x, y, z fields')
+
+    order = '>' if is_bigendian else '<'
+    names, formats, offsets, spans = [], [], [], []
+    for index, field in enumerate(fields):
+        name = field.name
+        if not isinstance(name, str):
+            raise TypeError(f'fields[{index}].name must be a str, got {type(name).__name__}')
+        if not name:
+            raise ValueError(f'fields[{index}] has an empty name')
+        if name in names:
+            raise ValueError(f'field name {name!r} appears more than once')
+        offset = _check_int(f'field {name!r} offset', field.offset)
+        datatype = _check_int(f'field {name!r} datatype', field.datatype)
+        count = _check_int(f'field {name!r} count', field.count)
+        if offset < 0:
+            raise ValueError(f'field {name!r} has a negative offset {offset}')
+        if count < 1:
+            raise ValueError(f'field {name!r} has count {count}; expected >= 1')
+        kind, size = DATATYPES.get(datatype, (None, 0))
+        if kind is None:
+            raise ValueError(
+                f'field {name!r} has unknown datatype {datatype}; expected 1..8 '
+                '(INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64)')
+        end = offset + size * count
+        if end > point_step:
+            raise ValueError(
+                f'field {name!r} spans bytes [{offset}, {end}) beyond point_step {point_step}')
+        base = np.dtype(order + kind) if size > 1 else np.dtype(kind)
+        names.append(name)
+        formats.append(base if count == 1 else np.dtype((base, (count,))))
+        offsets.append(offset)
+        spans.append((offset, end, name))
+
+    spans.sort()
+    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            raise ValueError(
+                f'fields {name_a!r} and {name_b!r} overlap (bytes {start_b}..{end_a - 1})')
+    return np.dtype({'names': names, 'formats': formats, 'offsets': offsets,
+                     'itemsize': point_step})
+
+
+def decode_xyz(
+    data: Buffer,
+    fields: Sequence[FieldSpec],
+    point_step: int,
+    width: int,
+    height: int,
+    row_step: int,
+    is_bigendian: bool = False,
+    skip_nans: bool = True,
+    max_points: Optional[int] = None,
+) -> np.ndarray:
+    """
+    Decode the x, y, z coordinates of a PointCloud2 buffer.
+
+    The buffer is interpreted in place (``np.frombuffer`` plus a strided view, so row padding and
+    per-point padding are skipped without an intermediate copy); the only copy is the output.
+
+    :param data: The message's ``data``: ``bytes``, ``bytearray``, ``memoryview``,
+        ``array.array`` or a contiguous NumPy array (any object exposing a contiguous buffer).
+    :param fields: The message's fields as :class:`FieldSpec`; must contain scalar ``x``, ``y``
+        and ``z`` of any datatype.
+    :param point_step: Bytes per point.
+    :param width: Points per row (``>= 1``).
+    :param height: Rows (``>= 1``; ``1`` for an unorganised cloud).
+    :param row_step: Bytes per row, ``>= width * point_step``.
+    :param is_bigendian: Byte order of the buffer's multi-byte values.
+    :param skip_nans: Drop points with any non-finite coordinate (NaN or infinity); when false,
+        return all ``width * height`` points in row-major order.
+    :param max_points: Reject clouds with more than this many points (``None``: no cap).
+    :return: ``(N, 3)`` float32 array of coordinates in the cloud's frame (metres for ROS
+        clouds), a fresh C-contiguous array that does not alias ``data``. ``N`` may be 0 when
+        ``skip_nans`` is true and no point is finite. Integer coordinates are converted without
+        scaling.
+    :raises TypeError: If ``data`` does not expose a buffer or an attribute has the wrong type.
+    :raises ValueError: If the metadata is inconsistent: see :func:`dtype_from_fields`, plus an
+        empty cloud (``width`` or ``height`` 0), more than ``max_points`` points, a missing or
+        non-scalar x/y/z field, ``row_step < width * point_step``, or
+        ``len(data) != row_step * height``.
+    """
+    width = _check_int('width', width)
+    height = _check_int('height', height)
+    row_step = _check_int('row_step', row_step)
+    if width < 1 or height < 1:
+        raise ValueError(f'empty cloud: width={width}, height={height}; both must be >= 1')
+    num_points = width * height
+    if max_points is not None and num_points > max_points:
+        raise ValueError(
+            f'cloud has {num_points} points (width={width} x height={height}), over the cap '
+            f'max_points={max_points}')
+    dtype = dtype_from_fields(fields, point_step, is_bigendian)
+    for name in XYZ:
+        if name not in dtype.names:
+            raise ValueError(
+                f'field {name!r} is missing; fields are {list(dtype.names)}')
+        if dtype.fields[name][0].shape != ():
+            raise ValueError(
+                f'field {name!r} has count {dtype.fields[name][0].shape[0]}; expected 1')
+    if row_step < width * point_step:
+        raise ValueError(
+            f'row_step {row_step} is smaller than width * point_step = {width} * {point_step} '
+            f'= {width * point_step}')
+    buffer = _as_bytes(data)
+    expected = row_step * height
+    if buffer.size != expected:
+        kind = 'short' if buffer.size < expected else 'long'
+        raise ValueError(
+            f'data is too {kind}: {buffer.size} bytes, expected row_step * height = '
+            f'{row_step} * {height} = {expected}')
+
+    # A strided view skips row padding without copying; rows are row_step bytes apart.
+    points = np.ndarray(shape=(height, width), dtype=dtype, buffer=buffer,
+                        strides=(row_step, point_step))
+    xyz = np.empty((num_points, 3), dtype=np.float32)
+    for column, name in enumerate(XYZ):
+        # Assignment casts and byte-swaps to native float32 in one pass.
+        xyz[:, column] = points[name].reshape(-1)
+    if skip_nans:
+        finite = np.isfinite(xyz).all(axis=1)
+        if not finite.all():
+            xyz = xyz[finite]
+    return xyz
+
+
+def encode_xyz(
+    points: np.ndarray,
+    datatype: int = FLOAT32,
+    point_step: Optional[int] = None,
+    is_bigendian: bool = False,
+) -> Tuple[bytes, Tuple[FieldSpec, ...], int, int]:
+    """
+    Encode coordinates as an unorganised PointCloud2 buffer (``height == 1``, ``width == N``).
+
+    :param points: ``(N, 3)`` array of x, y, z (any real dtype; non-finite values are kept).
+    :param datatype: ``FLOAT32`` (7) or ``FLOAT64`` (8).
+    :param point_step: Bytes per point, ``>= 3 * sizeof(datatype)``; extra bytes are zero
+        padding. ``None`` means ``3 * sizeof(datatype)``.
+    :param is_bigendian: Write multi-byte values big-endian.
+    :return: ``(data, fields, point_step, row_step)``; ``fields`` are x, y, z at offsets 0,
+        s, 2s for value size s, and ``row_step == N * point_step``.
+    :raises TypeError: If ``points`` is not a real-valued array.
+    :raises ValueError: If ``points`` is not ``(N, 3)``, ``datatype`` is not a float type, or
+        ``point_step`` is too small.
+    """
+    points = np.asarray(points)
+    if points.dtype.kind not in 'fiub':
+        raise TypeError(f'points must be a real-valued array, got dtype {points.dtype}')
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f'points must have shape (N, 3), got {points.shape}')
+    datatype = _check_int('datatype', datatype)
+    if datatype not in (FLOAT32, FLOAT64):
+        raise ValueError(f'datatype must be FLOAT32 (7) or FLOAT64 (8), got {datatype}')
+    size = DATATYPES[datatype][1]
+    if point_step is None:
+        point_step = 3 * size
+    point_step = _check_int('point_step', point_step)
+    if point_step < 3 * size:
+        raise ValueError(f'point_step must be >= {3 * size} for datatype {datatype}, '
+                         f'got {point_step}')
+    fields = tuple(FieldSpec(name, i * size, datatype, 1) for i, name in enumerate(XYZ))
+    dtype = dtype_from_fields(fields, point_step, is_bigendian)
+    out = np.zeros(points.shape[0], dtype=dtype)
+    for column, name in enumerate(XYZ):
+        out[name] = points[:, column]
+    return out.tobytes(), fields, point_step, points.shape[0] * point_step
+
+
+def _as_bytes(data: Buffer) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        if not data.flags.c_contiguous:
+            raise ValueError('data must be a C-contiguous array')
+        return data.reshape(-1).view(np.uint8)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(
+            f'data must expose a buffer (bytes, array.array, ...), got {type(data).__name__}'
+        ) from None
+    if not view.c_contiguous:
+        raise ValueError('data must be a contiguous buffer')
+    return np.frombuffer(view.cast('B') if view.format != 'B' or view.ndim != 1 else view,
+                         dtype=np.uint8)
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f'{name} must be an int, got {type(value).__name__} {value!r}')
+    return int(value)
+
+
+def _datatype_size(datatype: int, name: str) -> int:
+    if datatype not in DATATYPES:
+        raise ValueError(f'field {name!r} has unknown datatype {datatype}; expected 1..8')
+    return DATATYPES[datatype][1]
