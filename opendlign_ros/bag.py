@@ -9,7 +9,10 @@ record round trip is bit-exact.
 
 Bags made by :func:`bag_from_scenes` carry the clouds on ``/points`` and, on ``/ground_truth``,
 one ``vision_msgs/Detection3DArray`` per cloud with the same header stamp (label in
-``class_id``, score 1): :func:`evaluate_bag` matches detections to ground truth by stamp.
+``class_id``, score 1): :func:`evaluate_bag` matches detections to ground truth by stamp. Bags of
+per-frame clouds (``mode='frames'``) also carry, on ``/sensor_pose``, the depth camera's pose in
+the scene frame at that stamp (``geometry_msgs/PoseStamped``, optical axes: x right, y down,
+z forward).
 """
 
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 CLOUD_TOPIC = '/points'
 GROUND_TRUTH_TOPIC = '/ground_truth'
+SENSOR_POSE_TOPIC = '/sensor_pose'
+POSE_TYPE = 'geometry_msgs/msg/PoseStamped'
 CLOUD_TYPE = 'sensor_msgs/msg/PointCloud2'
 DETECTIONS_TYPE = 'vision_msgs/msg/Detection3DArray'
 STORAGES = ('mcap', 'sqlite3')
@@ -211,13 +216,17 @@ def bag_from_scenes(scene_dirs: Sequence[Path], out: Path, storage: str = 'mcap'
     :param out: Bag folder to create.
     :param storage: ``'mcap'`` or ``'sqlite3'``.
     :param mode: ``'scene'``: one cloud per scene (the whole aligned mesh vertices) with every
-        annotated ScanNet-18 box; ``'frames'``: one cloud per exported depth frame (back-projected
-        and aligned) with the boxes of the instance pixels it sees.
+        annotated ScanNet-18 box; ``'frames'``: one cloud per exported depth frame, back-projected
+        with the frame's camera pose and the scene's axis alignment into the scene frame (so
+        consecutive frames overlap where they see the same surfaces), with the boxes of the
+        instances it sees (>= ``MIN_BOX_POINTS`` pixels; box fitted to those points; every box of
+        the scene if the frame has no instance image), and the camera pose on ``/sensor_pose``.
     :param rate: Clouds per second of bag time (default 1 for scenes, 5 for frames).
     :param frame_id: ``header.frame_id`` of every message (the aligned, z-up scene frame).
     :param frame_step: Use every ``frame_step``-th frame (``'frames'`` mode).
     :return: A summary.
     :raises ValueError: If no scene is found, ``mode`` is unknown or ``rate`` is not positive.
+    :raises FileNotFoundError: In ``'frames'`` mode, if a scene has no exported frames.
     """
     from std_msgs.msg import Header
 
@@ -234,17 +243,25 @@ def bag_from_scenes(scene_dirs: Sequence[Path], out: Path, storage: str = 'mcap'
     folders = [d for root in scene_dirs for d in scannet.list_scenes(Path(root))]
     if not folders:
         raise ValueError(f'no ScanNet scene folders in {[str(d) for d in scene_dirs]}')
+    if mode == 'frames':
+        for folder in folders:
+            kfile = folder / 'frames' / 'intrinsic' / 'intrinsic_depth.txt'
+            if not kfile.is_file():
+                raise FileNotFoundError(f'scene {str(folder)!r} has no exported frames '
+                                        f'({kfile.name} not found)')
     period_ns = int(round(1e9 / rate))
     clouds = boxes = points_total = 0
     with BagWriter(Path(out), storage) as writer:
         for folder in folders:
             scene = scannet.read_scannet_scene(folder)
-            for points, gt in _scene_clouds(scene, folder, mode, frame_step):
+            for points, gt, pose in _scene_clouds(scene, folder, mode, frame_step):
                 t = START_NS + clouds * period_ns
                 header = Header(stamp=_time_msg(t), frame_id=frame_id)
                 writer.write(CLOUD_TOPIC, CLOUD_TYPE, t, conversions.cloud_to_msg(points, header))
                 writer.write(GROUND_TRUTH_TOPIC, DETECTIONS_TYPE, t,
                              conversions.boxes_to_msg(gt, header))
+                if pose is not None:
+                    writer.write(SENSOR_POSE_TOPIC, POSE_TYPE, t, pose_to_msg(pose, header))
                 clouds += 1
                 boxes += len(gt)
                 points_total += len(points)
@@ -252,19 +269,47 @@ def bag_from_scenes(scene_dirs: Sequence[Path], out: Path, storage: str = 'mcap'
     return SceneBagSummary(Path(out), clouds, boxes, points_total)
 
 
+def pose_to_msg(pose: np.ndarray, header: Any) -> Any:
+    """
+    Return a ``geometry_msgs/PoseStamped`` for a rigid transform.
+
+    :param pose: (4, 4) sensor-to-``header.frame_id`` transform, metres.
+    :param header: ``std_msgs/Header`` of the message.
+    :return: The message (orientation as a unit quaternion with ``w >= 0``).
+    :raises ValueError: If ``pose`` is not (4, 4) or its rotation block is not a rotation.
+    """
+    from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
+    from scipy.spatial.transform import Rotation
+
+    m = np.asarray(pose, dtype=np.float64)
+    if m.shape != (4, 4) or not np.isfinite(m).all():
+        raise ValueError(f'pose must be a finite (4, 4) matrix, got shape {m.shape}')
+    r = m[:3, :3]
+    if not (np.allclose(r @ r.T, np.eye(3), atol=1e-5) and np.linalg.det(r) > 0):
+        raise ValueError('pose rotation block is not a rotation matrix')
+    x, y, z, w = Rotation.from_matrix(r).as_quat()
+    if w < 0:
+        x, y, z, w = -x, -y, -z, -w
+    t = m[:3, 3]
+    return PoseStamped(header=header, pose=Pose(
+        position=Point(x=float(t[0]), y=float(t[1]), z=float(t[2])),
+        orientation=Quaternion(x=float(x), y=float(y), z=float(z), w=float(w))))
+
+
 def _scene_clouds(scene: Any, folder: Path, mode: str, frame_step: int
-                  ) -> Iterable[Tuple[np.ndarray, List[Tuple[str, Any]]]]:
+                  ) -> Iterable[Tuple[np.ndarray, List[Tuple[str, Any]], Optional[np.ndarray]]]:
     from opendlign_core import scannet
     from opendlign_core.boxes import fit_aabb
 
     objects = [i for i in scene.instances if i.scannet18 and i.box is not None]
     if mode == 'scene':
-        yield scene.points, [(i.scannet18, i.box) for i in objects]
+        yield scene.points, [(i.scannet18, i.box) for i in objects], None
         return
     align = scene.axis_alignment
     for index, frame in enumerate(scannet.read_frames(folder)):
         if index % frame_step:
             continue
+        pose = align @ frame.pose     # camera -> scan -> scene (aligned) frame
         pts = frame.points().astype(np.float64)
         pts = (pts @ align[:3, :3].T + align[:3, 3]).astype(np.float32)
         gt = []
@@ -277,7 +322,7 @@ def _scene_clouds(scene: Any, folder: Path, mode: str, frame_step: int
         else:
             gt = [(i.scannet18, i.box) for i in objects]
         if len(pts):
-            yield pts, gt
+            yield pts, gt, pose
 
 
 class RosSession:
@@ -363,12 +408,15 @@ def play_bag(session: RosSession, path: Path, topics: Optional[Sequence[str]] = 
              discovery_timeout: float = 30.0,
              on_publish: Optional[Callable[[str, bytes, float], None]] = None,
              remap: Optional[Mapping[str, str]] = None,
-             warm_up: Optional[Callable[[Mapping[str, Any]], None]] = None) -> int:
+             warm_up: Optional[Callable[[Mapping[str, Any]], None]] = None,
+             gate: Optional[Callable[[], Any]] = None, gate_timeout: float = 600.0) -> int:
     """
     Publish a bag's raw messages with their original timing (scaled by ``rate``).
 
     Publications follow a monotonic schedule: message k goes out at
-    ``start + (t_k - t_0) / rate``; the session keeps processing callbacks while waiting.
+    ``start + (t_k - t_0) / rate``; the session keeps processing callbacks while waiting. With a
+    ``gate``, the schedule is ignored instead: each message after the first goes out as soon as
+    ``gate()`` is truthy (lock-step replay, e.g. one cloud at a time into a slow node).
 
     :param session: The publishing session.
     :param path: Bag folder.
@@ -380,9 +428,11 @@ def play_bag(session: RosSession, path: Path, topics: Optional[Sequence[str]] = 
     :param remap: Bag topic -> published topic.
     :param warm_up: Called with the topic -> publisher map once subscribers are found, before the
         schedule starts (e.g. to confirm end-to-end delivery).
+    :param gate: Lock-step condition checked before every message but the first.
+    :param gate_timeout: Seconds to wait for ``gate``.
     :return: Number of messages published.
     :raises ValueError: If ``rate`` is not positive or a topic is missing from the bag.
-    :raises TimeoutError: If a required subscriber does not appear.
+    :raises TimeoutError: If a required subscriber does not appear, or ``gate`` stays false.
     """
     from rclpy._rclpy_pybind11 import RCLError
 
@@ -408,7 +458,10 @@ def play_bag(session: RosSession, path: Path, topics: Optional[Sequence[str]] = 
     for topic, _, stamp_ns, data in read_bag(path, selected):
         if start is None:
             start, first_ns = time.monotonic(), stamp_ns
-        session.spin_for(start + (stamp_ns - first_ns) / 1e9 / rate - time.monotonic())
+        elif gate is not None:
+            session.spin_until(gate, gate_timeout)
+        if gate is None:
+            session.spin_for(start + (stamp_ns - first_ns) / 1e9 / rate - time.monotonic())
         try:
             publishers[topic].publish(data)
         except RCLError as e:
@@ -545,7 +598,8 @@ def read_ground_truth(path: Path) -> Dict[str, List[Any]]:
 def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
                  rate: float = 1.0, overrides: Optional[Mapping[str, Any]] = None,
                  labels: Optional[Sequence[str]] = None, domain_id: Optional[int] = None,
-                 startup_timeout: float = 300.0, node_log: Optional[Path] = None) -> EvalReport:
+                 startup_timeout: float = 300.0, node_log: Optional[Path] = None,
+                 lockstep: bool = False) -> EvalReport:
     """
     Replay a bag into a real detector node process and score what comes back.
 
@@ -553,10 +607,13 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
     loopback-only discovery and the large-message Fast DDS profile. Clouds are replayed with
     their original timing scaled by ``rate``; each ``detections`` message is matched to its cloud
     by header stamp. Clouds without an answer (superseded while the node was busy, or rejected)
-    count as dropped and as missed detections.
+    count as dropped and as missed detections. With ``lockstep`` the timing is ignored: each
+    cloud is published once the node has answered (or rejected) the previous one, so none is
+    superseded however slow the model is.
 
     :param path: Bag with ``/points`` (and optionally ``/ground_truth``).
-    :param out_dir: Folder for ``report.md``, ``results.json``, ``pr.png``, ``latency.png``.
+    :param out_dir: Folder for ``report.md``, ``results.json``, ``detections.json`` (stamp key ->
+        detections with label, score and box in the cloud's frame), ``pr.png``, ``latency.png``.
     :param params_file: Node parameter file (default: the shipped ``detect.yaml``).
     :param rate: Playback speed factor.
     :param overrides: Extra node parameters.
@@ -564,11 +621,12 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
     :param domain_id: ROS domain (default: derived from the process id).
     :param startup_timeout: Seconds allowed for the node to load its model.
     :param node_log: File for the node's output (default: ``out_dir/node.log``).
+    :param lockstep: Replay one cloud at a time instead of on the bag's schedule.
     :return: The report (also written to ``out_dir``).
     :raises ValueError: If the bag has no ``/points`` topic.
     :raises RuntimeError: If the node exits early.
     """
-    from diagnostic_msgs.msg import DiagnosticArray
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from vision_msgs.msg import Detection3DArray
 
     from opendlign_core import det_eval
@@ -591,6 +649,8 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
     sent: Dict[str, float] = {}
     answers: Dict[str, Tuple[float, Any]] = {}
     last_diag: List[Any] = []
+    problems: List[float] = []      # monotonic arrival times of non-OK diagnostics
+    last_sent: List[str] = []
     log_path = node_log or out_dir / 'node.log'
     env = ros_environment(domain)
     os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = env['FASTDDS_DEFAULT_PROFILES_FILE']
@@ -603,8 +663,13 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
 
         det_sub = session.node.create_subscription(
             Detection3DArray, 'detections', on_detections, _reliable_qos(100))
-        session.node.create_subscription(DiagnosticArray, 'diagnostics',
-                                         lambda m: last_diag.insert(0, m), _reliable_qos(100))
+        def on_diagnostics(msg: DiagnosticArray) -> None:
+            last_diag.insert(0, msg)
+            if msg.status and msg.status[0].level != DiagnosticStatus.OK:
+                problems.append(time.monotonic())
+
+        session.node.create_subscription(DiagnosticArray, 'diagnostics', on_diagnostics,
+                                         _reliable_qos(100))
 
         def node_alive() -> bool:
             if process.poll() is not None:
@@ -613,6 +678,13 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
 
         def on_publish(topic: str, data: bytes, now: float) -> None:
             sent[cloud_stamp_key(data)] = now
+            last_sent[:] = [cloud_stamp_key(data)]
+
+        def previous_done() -> bool:
+            # Answered, or the node reported a rejected/failed cloud since it was sent.
+            node_alive()
+            key = last_sent[0]
+            return key in answers or bool(problems and problems[-1] > sent[key])
 
         def warm_up(publishers: Mapping[str, Any]) -> None:
             # Best-effort delivery starts only once both ends have matched: publish a cloud the
@@ -631,20 +703,26 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
                 publishers[CLOUD_TOPIC].publish(probe)
                 session.spin_for(0.25)
                 node_alive()
+            session.spin_for(1.0)       # let late probe rejections arrive before timing starts
 
         report.clouds_sent = play_bag(session, path, [CLOUD_TOPIC], rate,
                                       wait_for_subscribers=[CLOUD_TOPIC],
                                       discovery_timeout=startup_timeout, on_publish=on_publish,
-                                      warm_up=warm_up)
-        # Drain: wait until every cloud is answered or answers stop coming.
-        idle = 10.0
+                                      warm_up=warm_up,
+                                      gate=previous_done if lockstep else None)
+        if lockstep and last_sent:
+            session.spin_until(previous_done, startup_timeout)
+        # Drain: wait until every cloud is answered or answers stop coming (for longer than
+        # 10 s and three times the slowest answer so far).
         last_count, last_change = -1, time.monotonic()
         while len(set(sent) & set(answers)) < len(sent):
             session.spin_for(0.05)
             node_alive()
+            slowest = max((t - sent[k] for k, (t, _) in answers.items() if k in sent),
+                          default=0.0)
             if len(answers) != last_count:
                 last_count, last_change = len(answers), time.monotonic()
-            elif time.monotonic() - last_change > idle:
+            elif time.monotonic() - last_change > max(10.0, 3.0 * slowest):
                 break
         session.spin_for(0.3)
         if last_diag:
@@ -660,7 +738,8 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
              for k, (_, msg) in answered.items()}
     lines = [f'# Bag evaluation: `{Path(path).name}`', '',
              f'- clouds sent: {report.clouds_sent}, answered: {report.clouds_answered}, '
-             f'dropped: {report.clouds_dropped} (playback rate x{rate:g})']
+             f'dropped: {report.clouds_dropped} '
+             + ('(lock-step replay)' if lockstep else f'(playback rate x{rate:g})')]
     pct = report.latency_percentiles()
     lines.append('- end-to-end latency (publish -> detections received), ms: '
                  + ', '.join(f'{k} {v:.1f}' for k, v in pct.items()))
@@ -684,11 +763,18 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
     report.markdown = '\n'.join(lines) + '\n'
     (out_dir / 'report.md').write_text(report.markdown)
     (out_dir / 'results.json').write_text(json.dumps({
-        'bag': str(path), 'rate': rate, 'clouds_sent': report.clouds_sent,
+        'bag': str(path), 'rate': rate, 'lockstep': lockstep, 'clouds_sent': report.clouds_sent,
         'clouds_answered': report.clouds_answered, 'clouds_dropped': report.clouds_dropped,
         'latency_ms': pct, 'node_counters': report.node_counters, 'ap': report.ap,
         'mean_ap': report.mean_ap}, indent=2, allow_nan=True))
-    report.files += [str(out_dir / 'report.md'), str(out_dir / 'results.json')]
+    (out_dir / 'detections.json').write_text(json.dumps({
+        key: [{'label': d.label, 'score': round(float(d.score), 6),
+               'center': [round(float(v), 4) for v in d.box.center],
+               'size': [round(float(v), 4) for v in d.box.size],
+               'yaw': round(float(d.box.yaw), 4)} for d in boxes]
+        for key, boxes in sorted(preds.items())}, indent=1))
+    report.files += [str(out_dir / 'report.md'), str(out_dir / 'results.json'),
+                     str(out_dir / 'detections.json')]
     return report
 
 

@@ -42,6 +42,8 @@ def register_bag_commands(subparsers: Any) -> None:
     p.add_argument('--params', type=Path, default=None,
                    help='node parameter file (default: the shipped config/detect.yaml)')
     p.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
+    p.add_argument('--lockstep', action='store_true',
+                   help='ignore the timing: send each cloud once the node answered the previous')
     p.add_argument('--out', type=Path, default=None,
                    help='report folder (default: <bag>_eval next to the bag)')
     p.add_argument('--labels', default=None,
@@ -103,7 +105,7 @@ def _eval(args: argparse.Namespace) -> int:
         labels = [s.strip() for s in args.labels.split(',') if s.strip()]
     report = evaluate_bag(args.bag, out, args.params, args.rate,
                           _parse_assignments(args.param, 'parameter'), labels, args.domain_id,
-                          args.startup_timeout)
+                          args.startup_timeout, lockstep=args.lockstep)
     print(report.markdown)
     print('files: ' + ', '.join(report.files))
     return 0
