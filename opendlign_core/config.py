@@ -212,11 +212,19 @@ class SegmentationConfig:
     split_distance: float = 0.05
     #: Fewest original points each part of a split needs (otherwise the cluster stays whole).
     split_min_points: int = 400
+    #: Merge parts standing under a cluster's ground footprint into it (table top + legs).
+    merge_stacked: bool = True
+    #: Ground cell edge of the footprint test of the merge, metres.
+    merge_cell: float = 0.08
+    #: Largest vertical gap between a part's top and the bottom of the cluster above it, metres.
+    merge_max_gap: float = 0.3
+    #: Smallest fraction of a part's voxels inside the footprint of the cluster above it.
+    merge_min_overlap: float = 0.8
 
     def __post_init__(self) -> None:
         for name in ('voxel_size', 'plane_distance', 'cluster_distance', 'wall_min_length',
                      'wall_min_height', 'max_cluster_extent', 'max_cluster_height',
-                     'split_distance', 'wall_residue_distance'):
+                     'split_distance', 'wall_residue_distance', 'merge_cell'):
             _check(getattr(self, name) > 0, name, getattr(self, name), '> 0')
         for name in ('max_planes', 'min_cluster_points', 'min_cluster_extent'):
             _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
@@ -227,6 +235,9 @@ class SegmentationConfig:
             _check(0 < getattr(self, name) < 45, name, getattr(self, name), 'in (0, 45)')
         _check(0 <= self.max_outside_fraction < 1, 'max_outside_fraction',
                self.max_outside_fraction, 'in [0, 1)')
+        _check(self.merge_max_gap >= 0, 'merge_max_gap', self.merge_max_gap, '>= 0')
+        _check(0 < self.merge_min_overlap <= 1, 'merge_min_overlap', self.merge_min_overlap,
+               'in (0, 1]')
         _check(self.cluster_method in ('euclidean', 'dbscan'), 'cluster_method',
                self.cluster_method, "one of 'euclidean', 'dbscan'")
 

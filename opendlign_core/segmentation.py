@@ -10,7 +10,9 @@ other conventions into it). Pipeline, all on a voxel grid so that the cost barel
    together with whatever lies beyond them; other planes (table tops, cabinet fronts) are kept;
 3. Euclidean clustering (connected components of the voxel neighbour graph) or open3d DBSCAN;
 4. optional splitting of a cluster that falls apart into several large parts at a tighter link;
-5. filters on point count and extent; labels map back to all points through the voxel index.
+5. merging of parts standing under a cluster's footprint into it (table top + legs, see
+   :func:`merge_stacked_parts`);
+6. filters on point count and extent; labels map back to all points through the voxel index.
 """
 
 from dataclasses import dataclass, field
@@ -331,24 +333,103 @@ def _filter_clusters(vox: np.ndarray, counts: np.ndarray, comp: np.ndarray,
     out = np.full(len(vox), -1, np.int64)
     if len(comp) == 0 or comp.max() < 0:
         return out
-    next_id = 0
     order = np.argsort(comp, kind='stable')
     bounds = np.searchsorted(comp[order], np.arange(comp.max() + 2))
+    # Every part is kept until after the merge, however small: table legs are often only a few
+    # voxels each once the top occludes them, yet they carry the object's height.
+    parts: list[np.ndarray] = []
     for k in range(comp.max() + 1):
         members = order[bounds[k]:bounds[k + 1]]
+        pieces = [members]
         if counts[members].sum() < cfg.min_cluster_points:
+            parts.append(members)
             continue
-        parts = [members]
         if walls and not _accept(vox[members], int(counts[members].sum()), cfg):
-            parts = _strip_wall_residue(vox, counts, members, cfg, walls)
+            pieces = _strip_wall_residue(vox, counts, members, cfg, walls)
         if cfg.split_clusters:
-            parts = [q for p in parts for q in (_split(vox, counts, p, cfg) if len(p) > 1
-                                                  else [p])]
-        for part in parts:
-            if _accept(vox[part], int(counts[part].sum()), cfg):
-                out[part] = next_id
-                next_id += 1
+            pieces = [q for p in pieces for q in (_split(vox, counts, p, cfg) if len(p) > 1
+                                                   else [p])]
+        parts.extend(p for p in pieces if len(p))
+    if cfg.merge_stacked and len(parts) > 1:
+        parts = merge_stacked_parts(vox, counts, parts, cfg)
+    next_id = 0
+    for part in parts:
+        if _accept(vox[part], int(counts[part].sum()), cfg):
+            out[part] = next_id
+            next_id += 1
     return out
+
+
+def merge_stacked_parts(vox: np.ndarray, counts: np.ndarray, parts: Sequence[np.ndarray],
+                        cfg: SegmentationConfig) -> list[np.ndarray]:
+    """
+    Merge parts that stand under an accepted cluster into it (table top + legs).
+
+    Part B joins accepted cluster A when B reaches lower than A, B's top lies in A's lower half
+    (or at most ``cfg.merge_max_gap`` below A's bottom), and at least ``cfg.merge_min_overlap`` of
+    B's voxels fall inside A's ground footprint (A's occupied ``cfg.merge_cell`` xy cells grown by
+    one cell). Each B joins the qualifying A with the lowest bottom gap; merges are one level deep.
+
+    :param vox: (M, 3) voxel centroids, metres, +z up.
+    :param counts: (M,) original points per voxel.
+    :param parts: Disjoint (K_i,) int64 voxel-index arrays.
+    :param cfg: Segmentation settings.
+    :return: The parts after merging (merged parts are concatenated, order of A kept).
+    """
+    n = len(parts)
+    # Per-part bounds in one pass (parts are mostly tiny noise islands, often thousands).
+    member = np.concatenate(parts)
+    pid = np.repeat(np.arange(n), [len(p) for p in parts])
+    lo = np.full((n, 3), np.inf)
+    hi = np.full((n, 3), -np.inf)
+    np.minimum.at(lo, pid, vox[member])
+    np.maximum.at(hi, pid, vox[member])
+    weight = np.bincount(pid, weights=counts[member], minlength=n)
+    accepted = np.zeros(n, bool)
+    for i in np.flatnonzero(weight >= cfg.min_cluster_points):
+        accepted[i] = _accept(vox[parts[i]], int(weight[i]), cfg)
+    cell = cfg.merge_cell
+    owner = np.full(n, -1, np.int64)
+    best_gap = np.full(n, np.inf)
+    for a in np.flatnonzero(accepted):
+        mid = 0.5 * (lo[a, 2] + hi[a, 2])
+        cand = ((lo[:, 2] < lo[a, 2]) & (hi[:, 2] <= mid)
+                & (hi[:, 2] >= lo[a, 2] - cfg.merge_max_gap)
+                & np.all(lo[:, :2] >= lo[a, :2] - cell, axis=1)
+                & np.all(hi[:, :2] <= hi[a, :2] + cell, axis=1))
+        cand[a] = False
+        cand &= (hi[a, :2] - lo[a, :2]).prod() >= (hi[:, :2] - lo[:, :2]).prod()
+        cand_idx = np.flatnonzero(cand)
+        if len(cand_idx) == 0:
+            continue
+        origin = lo[a, :2]
+        cells_a = np.floor((vox[parts[a], :2] - origin) / cell).astype(np.int64) + 1
+        shape = cells_a.max(axis=0) + 2
+        grid = np.zeros(shape, bool)
+        grid[cells_a[:, 0], cells_a[:, 1]] = True
+        # Grow by one cell (3 x 3 dilation) so that legs at the rim of a top still count.
+        grown = grid.copy()
+        grown[1:] |= grid[:-1]
+        grown[:-1] |= grid[1:]
+        g2 = grown.copy()
+        g2[:, 1:] |= grown[:, :-1]
+        g2[:, :-1] |= grown[:, 1:]
+        for b in cand_idx:
+            cb = np.floor((vox[parts[b], :2] - origin) / cell).astype(np.int64) + 1
+            inside = np.all((cb >= 0) & (cb < shape), axis=1)
+            hit = np.zeros(len(cb), bool)
+            hit[inside] = g2[cb[inside, 0], cb[inside, 1]]
+            gap = max(0.0, lo[a, 2] - hi[b, 2])
+            if hit.mean() >= cfg.merge_min_overlap and gap < best_gap[b]:
+                owner[b], best_gap[b] = a, gap
+    if not (owner >= 0).any():
+        return list(parts)
+    # A part that itself gets merged cannot take others (one level): its children stay apart.
+    owner[np.isin(owner, np.flatnonzero(owner >= 0))] = -1
+    merged = [[p] for p in parts]
+    for b in np.flatnonzero(owner >= 0):
+        merged[owner[b]].append(parts[b])
+    return [np.concatenate(m) for i, m in enumerate(merged) if owner[i] < 0]
 
 
 def _strip_wall_residue(vox: np.ndarray, counts: np.ndarray, members: np.ndarray,

@@ -6,6 +6,7 @@ import pytest
 from opendlign_core.config import SegmentationConfig
 from opendlign_core.segmentation import (
     euclidean_clusters,
+    merge_stacked_parts,
     segment_scene,
     to_z_up,
     up_rotation,
@@ -121,3 +122,66 @@ def test_up_axis_rotation():
         np.testing.assert_allclose(to_z_up(np.array([v], float), axis), [[0, 0, 1.0]], atol=1e-7)
     with pytest.raises(ValueError, match='up_axis'):
         up_rotation('w')
+
+
+def _table(rng, x0, y0, top_z=0.75, leg_top=0.6, size=(1.2, 0.8)):
+    """A table top (a dense sheet) and four legs that stop short of it (occluded under the top)."""
+    top = np.c_[rng.uniform([x0, y0], [x0 + size[0], y0 + size[1]], (6000, 2)),
+                rng.normal(top_z, 0.004, 6000)]
+    legs = []
+    for cx, cy in ((x0 + 0.05, y0 + 0.05), (x0 + size[0] - 0.05, y0 + 0.05),
+                   (x0 + 0.05, y0 + size[1] - 0.05), (x0 + size[0] - 0.05, y0 + size[1] - 0.05)):
+        legs.append(np.c_[rng.uniform([cx - 0.02, cy - 0.02], [cx + 0.02, cy + 0.02], (400, 2)),
+                          rng.uniform(0.0, leg_top, 400)])
+    return top, np.vstack(legs)
+
+
+def test_merge_joins_table_top_and_legs():
+    rng = np.random.default_rng(5)
+    room, _ = _room(rng, [])
+    top, legs = _table(rng, 1.0, 1.0)
+    pts = np.vstack([room, top, legs]).astype(np.float32)
+    res = segment_scene(pts)
+    assert len(res.clusters) == 1
+    z = pts[res.clusters[0], 2]
+    # Legs lose their lowest 4 cm to the floor band; the box spans the legs and the top.
+    assert z.min() < 0.1 and z.max() > 0.74
+    assert len(res.clusters[0]) > 6000 + 4 * 300
+    # Without the merge the top stands alone and the thin legs are filtered out.
+    alone = segment_scene(pts, SegmentationConfig(merge_stacked=False))
+    assert np.ptp(pts[alone.clusters[0], 2]) < 0.05
+
+
+def test_merge_keeps_neighbours_apart():
+    rng = np.random.default_rng(6)
+    # A low box beside a table and a box under a high shelf (gap 0.6 m > merge_max_gap).
+    room, gt = _room(rng, [((2.6, 1.0, 0.0), (3.0, 1.4, 0.45)),
+                           ((1.0, 2.6, 0.0), (1.4, 3.0, 0.5))])
+    top, legs = _table(rng, 1.0, 1.0)
+    shelf = np.c_[rng.uniform([0.9, 2.5], [1.5, 3.1], (3000, 2)), rng.normal(1.1, 0.004, 3000)]
+    pts = np.vstack([room, top, legs, shelf]).astype(np.float32)
+    res = segment_scene(pts)
+    assert len(res.clusters) == 4
+    for k in (0, 1):
+        lab = res.labels[:len(room)][gt == k]
+        values, counts = np.unique(lab[lab >= 0], return_counts=True)
+        assert counts.max() / len(lab) > 0.75
+        others = res.labels[len(room):]
+        assert not np.isin(values[np.argmax(counts)], others)
+
+
+def test_merge_stacked_parts_hand_built():
+    # Voxels: a 5 x 5 top at z = 1 (part 0), a leg under it (part 1), a leg outside (part 2),
+    # a part under the top but too far below (part 3).
+    top = np.array([[x, y, 1.0] for x in np.arange(0, 0.5, 0.1) for y in np.arange(0, 0.5, 0.1)])
+    leg_in = np.array([[0.2, 0.2, z] for z in (0.5, 0.6, 0.7)])
+    leg_out = np.array([[1.5, 0.2, z] for z in (0.5, 0.6, 0.7)])
+    deep = np.array([[0.3, 0.3, 0.1]])
+    vox = np.vstack([top, leg_in, leg_out, deep])
+    counts = np.full(len(vox), 50)
+    idx = np.cumsum([0, 25, 3, 3, 1])
+    parts = [np.arange(idx[i], idx[i + 1]) for i in range(4)]
+    cfg = SegmentationConfig(min_cluster_points=100, min_cluster_extent=0.15)
+    out = merge_stacked_parts(vox, counts, parts, cfg)
+    as_sets = sorted(sorted(p.tolist()) for p in out)
+    assert as_sets == sorted([list(range(0, 28)), [28, 29, 30], [31]])
