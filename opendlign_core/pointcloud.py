@@ -1,0 +1,278 @@
+"""
+Point-cloud file loading and the small array operations every consumer needs.
+
+All functions take and return ``(N, 3) float32`` arrays of xyz coordinates (units as in the file,
+usually metres). Object clouds handed to :mod:`opendlign_core.projection` are expected in a
++z-up frame (REP-103); :func:`to_z_up` rotates Y-up (ModelNet/ShapeNet/OBJ) data into it.
+
+Supported files (:func:`load_point_cloud`):
+
+* ``.ply``, ``.pcd``: read with open3d; a ``.ply`` whose header declares faces (a mesh) is
+  surface-sampled with trimesh instead;
+* ``.obj``, ``.off``, ``.stl``, ``.glb``: meshes, surface-sampled with trimesh
+  (:data:`MESH_SAMPLE_POINTS` points, fixed seed);
+* ``.npy``: an ``(N, >=3)`` array; ``.npz``: key ``'points'``, else ``'xyz'``, else the only array;
+* ``.txt``, ``.xyz``, ``.csv``: whitespace- or comma-separated rows of ``>= 3`` numbers (ModelNet
+  ``.txt`` files carry normals in columns 4-6, which are dropped).
+"""
+
+import logging
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+#: Points sampled from a mesh surface when a file holds faces but no point cloud.
+MESH_SAMPLE_POINTS = 10_000
+
+_POINT_SUFFIXES = ('.pcd',)
+_MESH_SUFFIXES = ('.obj', '.off', '.stl', '.glb', '.gltf')
+_TEXT_SUFFIXES = ('.txt', '.xyz', '.csv')
+SUPPORTED_SUFFIXES = ('.ply', '.npy', '.npz') + _POINT_SUFFIXES + _MESH_SUFFIXES + _TEXT_SUFFIXES
+
+# Proper rotations R taking a frame whose up axis is the key to +z up: z-up points = points @ R.T.
+_UP_ROTATIONS = {
+    'z': np.eye(3),
+    '-z': np.diag([1.0, -1.0, -1.0]),
+    # Y-up (x right, z towards the viewer) -> z-up: (x, y, z) -> (x, -z, y).
+    'y': np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]),
+    '-y': np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),
+    'x': np.array([[0, 0, -1.0], [0, 1, 0], [1, 0, 0]]),
+    '-x': np.array([[0, 0, 1.0], [0, 1, 0], [-1, 0, 0]]),
+}
+
+
+def load_point_cloud(path: PathLike) -> np.ndarray:
+    """
+    Load the xyz coordinates of a point-cloud or mesh file.
+
+    :param path: File path; the suffix selects the reader (see the module docstring).
+    :return: (N, 3) float32 coordinates in the file's frame and units. Non-finite rows are kept;
+        call :func:`clean_points` to drop them.
+    :raises FileNotFoundError: If ``path`` does not exist.
+    :raises ValueError: If the suffix is unsupported, or the file holds no points or a table
+        with fewer than 3 columns.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f'point-cloud file not found: {str(p)!r}')
+    suffix = p.suffix.lower()
+    if suffix == '.npy':
+        points = _table_xyz(np.load(p, allow_pickle=False), p)
+    elif suffix == '.npz':
+        points = _table_xyz(_npz_array(p), p)
+    elif suffix in _TEXT_SUFFIXES:
+        points = _table_xyz(_read_text_table(p), p)
+    elif suffix in ('.ply',) + _POINT_SUFFIXES:
+        points = _read_open3d(p)
+    elif suffix in _MESH_SUFFIXES:
+        points = _sample_mesh_file(p)
+    else:
+        raise ValueError(f'unsupported point-cloud suffix {suffix!r} of path {str(p)!r}; '
+                         f'supported: {", ".join(SUPPORTED_SUFFIXES)}')
+    if points.shape[0] == 0:
+        raise ValueError(f'point-cloud file {str(p)!r} holds no points')
+    return points
+
+
+def clean_points(points: np.ndarray) -> np.ndarray:
+    """
+    Drop rows with a non-finite coordinate and reject empty or degenerate clouds.
+
+    :param points: (N, 3) coordinates, any real dtype.
+    :return: (M, 3) float32, M <= N, the finite rows in their original order.
+    :raises TypeError: If ``points`` is not a real-valued array.
+    :raises ValueError: If ``points`` is not (N, 3), has no finite row, or all finite rows
+        coincide (zero extent along every axis).
+    """
+    pts = _check_points(points, 'points')
+    finite = np.isfinite(pts).all(axis=1)
+    pts = pts[finite]
+    if pts.shape[0] == 0:
+        raise ValueError(f'points has no finite row (of {finite.shape[0]})')
+    extent = pts.max(axis=0) - pts.min(axis=0)
+    if not np.any(extent > 0):
+        raise ValueError(f'points is degenerate: all {pts.shape[0]} finite points coincide '
+                         f'at {pts[0].tolist()}')
+    if not finite.all():
+        logger.debug('dropped %d non-finite of %d points', int((~finite).sum()), finite.size)
+    return np.ascontiguousarray(pts, dtype=np.float32)
+
+
+def normalize_points(points: np.ndarray) -> np.ndarray:
+    """
+    Centre a cloud on its bounding-box centre and scale it into the unit sphere.
+
+    :param points: (N, 3) finite coordinates, not all identical.
+    :return: (N, 3) float32; the bounding-box centre is the origin and the largest distance of a
+        point from it is 1.
+    :raises TypeError: If ``points`` is not a real-valued array.
+    :raises ValueError: If ``points`` is not (N, 3) with N >= 1, is non-finite, or degenerate.
+    """
+    pts = _check_points(points, 'points').astype(np.float64)
+    if pts.shape[0] == 0 or not np.isfinite(pts).all():
+        raise ValueError(f'points must be a non-empty finite (N, 3) array, got shape {pts.shape} '
+                         f'with {int((~np.isfinite(pts)).any(axis=1).sum())} non-finite rows')
+    centred = pts - (pts.max(axis=0) + pts.min(axis=0)) / 2.0
+    radius = float(np.sqrt((centred ** 2).sum(axis=1)).max())
+    if radius == 0.0:
+        raise ValueError(f'points is degenerate: all {pts.shape[0]} points coincide')
+    return (centred / radius).astype(np.float32)
+
+
+def sample_points(points: np.ndarray, n: int, seed: Optional[int] = 0) -> np.ndarray:
+    """
+    Resample a cloud to exactly ``n`` points.
+
+    Without replacement when ``n <= N`` (a random subset, in random order); with replacement
+    otherwise (every point is kept once, the remaining ``n - N`` are drawn at random).
+
+    :param points: (N, 3) coordinates, N >= 1.
+    :param n: Number of output points, >= 1.
+    :param seed: Seed of the NumPy generator (``None``: nondeterministic).
+    :return: (n, 3) float32.
+    :raises TypeError: If ``points`` is not a real-valued array or ``n`` is not an integer.
+    :raises ValueError: If ``points`` is empty or not (N, 3), or ``n < 1``.
+    """
+    pts = _check_points(points, 'points')
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f'n must be an integer, got {type(n).__name__} {n!r}')
+    if n < 1:
+        raise ValueError(f'n must be >= 1, got {n}')
+    if pts.shape[0] == 0:
+        raise ValueError('points is empty; cannot sample from 0 points')
+    rng = np.random.default_rng(seed)
+    count = pts.shape[0]
+    if n <= count:
+        idx = rng.choice(count, size=n, replace=False)
+    else:
+        idx = np.concatenate([rng.permutation(count), rng.integers(0, count, size=n - count)])
+    return np.ascontiguousarray(pts[idx], dtype=np.float32)
+
+
+def to_z_up(points: np.ndarray, up_axis: str) -> np.ndarray:
+    """
+    Rotate a cloud whose up direction is ``up_axis`` into a +z-up frame (a proper rotation).
+
+    ``'y'`` (Y-up, x right, z towards the viewer, as in OBJ/ShapeNet) maps (x, y, z) to
+    (x, -z, y); ``'-y'`` maps to (x, z, -y); ``'x'`` maps (x, y, z) to (-z, y, x); ``'-x'`` to
+    (z, y, -x); ``'-z'`` to (x, -y, -z); ``'z'`` is the identity.
+
+    :param points: (N, 3) coordinates in the source frame.
+    :param up_axis: One of ``'x', 'y', 'z', '-x', '-y', '-z'``.
+    :return: (N, 3) float32 in the +z-up frame.
+    :raises TypeError: If ``points`` is not a real-valued array.
+    :raises ValueError: If ``points`` is not (N, 3) or ``up_axis`` is unknown.
+    """
+    pts = _check_points(points, 'points')
+    try:
+        rotation = _UP_ROTATIONS[up_axis]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f'up_axis must be one of {sorted(_UP_ROTATIONS)}, got {up_axis!r}') from e
+    return np.ascontiguousarray(pts.astype(np.float64) @ rotation.T, dtype=np.float32)
+
+
+def _check_points(points: np.ndarray, name: str) -> np.ndarray:
+    if hasattr(points, 'detach') and hasattr(points, 'cpu'):  # a torch tensor
+        points = points.detach().cpu().numpy()
+    arr = np.asarray(points)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating)
+                                     or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f'{name} must be a real-valued array, got dtype {arr.dtype}')
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f'{name} must have shape (N, 3), got {arr.shape}')
+    return arr
+
+
+def _table_xyz(table: np.ndarray, path: Path) -> np.ndarray:
+    arr = np.asarray(table)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f'{str(path)!r} holds a {arr.dtype} array, expected numbers')
+    if arr.ndim != 2 or arr.shape[1] < 3:
+        raise ValueError(f'{str(path)!r} holds an array of shape {arr.shape}, '
+                         'expected (N, >=3) with xyz in the first 3 columns')
+    return np.ascontiguousarray(arr[:, :3], dtype=np.float32)
+
+
+def _npz_array(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        keys = list(data.keys())
+        for key in ('points', 'xyz'):
+            if key in data:
+                return data[key]
+        if len(keys) == 1:
+            return data[keys[0]]
+    raise ValueError(f'{str(path)!r} has arrays {keys}; expected a key "points" or "xyz" '
+                     'or exactly one array')
+
+
+def _read_text_table(path: Path) -> np.ndarray:
+    rows = []
+    with open(path, 'r', encoding='utf-8') as f:
+        for line_no, line in enumerate(f, start=1):
+            text = line.strip()
+            if not text or text.startswith('#'):
+                continue
+            fields = text.replace(',', ' ').split()
+            try:
+                rows.append([float(x) for x in fields])
+            except ValueError as e:
+                raise ValueError(f'{str(path)!r} line {line_no}: not numbers: '
+                                 f'{text[:80]!r}') from e
+    if not rows:
+        return np.zeros((0, 3), dtype=np.float32)
+    width = min(len(r) for r in rows)
+    if width < 3:
+        raise ValueError(f'{str(path)!r} has rows with {width} columns, expected >= 3')
+    return np.array([r[:width] for r in rows], dtype=np.float64)
+
+
+def _ply_face_count(path: Path) -> int:
+    """Return the face count declared in a PLY header (0 if none or unreadable)."""
+    with open(path, 'rb') as f:
+        for _ in range(200):
+            line = f.readline()
+            if not line or line.strip() == b'end_header':
+                break
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == b'element' and parts[1] == b'face':
+                try:
+                    return int(parts[2])
+                except ValueError:
+                    return 0
+    return 0
+
+
+def _read_open3d(path: Path) -> np.ndarray:
+    import open3d as o3d
+
+    if path.suffix.lower() == '.ply' and _ply_face_count(path) > 0:
+        # A mesh: its vertices are not a surface sample (a box has 8); sample the faces.
+        return _sample_mesh_file(path)
+    cloud = o3d.io.read_point_cloud(str(path))
+    return np.asarray(cloud.points, dtype=np.float32).reshape(-1, 3)
+
+
+def _sample_mesh_file(path: Path) -> np.ndarray:
+    import trimesh
+
+    try:
+        loaded = trimesh.load(str(path), force='scene')
+    except Exception as e:  # trimesh raises many types for corrupt files
+        raise ValueError(f'cannot read mesh file {str(path)!r}: {e}') from e
+    meshes = [g for g in loaded.geometry.values() if isinstance(g, trimesh.Trimesh)]
+    faced = [m for m in meshes if len(m.faces) > 0]
+    if faced:
+        mesh = trimesh.util.concatenate([m for m in loaded.dump()
+                                         if isinstance(m, trimesh.Trimesh) and len(m.faces)])
+        points, _ = trimesh.sample.sample_surface(mesh, MESH_SAMPLE_POINTS, seed=0)
+        return np.ascontiguousarray(points, dtype=np.float32)
+    vertices = [np.asarray(g.vertices) for g in loaded.geometry.values()
+                if hasattr(g, 'vertices') and len(g.vertices)]
+    if not vertices:
+        return np.zeros((0, 3), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(vertices), dtype=np.float32)

@@ -1,0 +1,158 @@
+"""Tests of opendlign_core.pointcloud: loaders (round trips for every format) and array helpers."""
+
+import numpy as np
+import pytest
+
+from opendlign_core.pointcloud import (
+    MESH_SAMPLE_POINTS,
+    clean_points,
+    load_point_cloud,
+    normalize_points,
+    sample_points,
+    to_z_up,
+)
+
+
+@pytest.fixture
+def cloud():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(50, 3)).astype(np.float32)
+
+
+def test_npy_round_trip_drops_extra_columns(tmp_path, cloud):
+    path = tmp_path / 'c.npy'
+    np.save(path, np.concatenate([cloud, np.ones((50, 3), np.float32)], axis=1))
+    out = load_point_cloud(path)
+    assert out.dtype == np.float32 and out.shape == (50, 3)
+    np.testing.assert_array_equal(out, cloud)
+
+
+@pytest.mark.parametrize('key', ['points', 'xyz', 'anything'])
+def test_npz_round_trip(tmp_path, cloud, key):
+    path = tmp_path / 'c.npz'
+    np.savez(path, **{key: cloud.astype(np.float64)})
+    np.testing.assert_array_equal(load_point_cloud(path), cloud)
+
+
+def test_npz_prefers_points_key_and_rejects_ambiguous(tmp_path, cloud):
+    path = tmp_path / 'two.npz'
+    np.savez(path, labels=np.zeros((50, 3)), points=cloud)
+    np.testing.assert_array_equal(load_point_cloud(path), cloud)
+    bad = tmp_path / 'bad.npz'
+    np.savez(bad, a=cloud, b=cloud)
+    with pytest.raises(ValueError, match='bad.npz'):
+        load_point_cloud(bad)
+
+
+@pytest.mark.parametrize('suffix, sep', [('.txt', ' '), ('.xyz', '\t'), ('.csv', ',')])
+def test_text_round_trip(tmp_path, cloud, suffix, sep):
+    path = tmp_path / f'c{suffix}'
+    normals = np.zeros_like(cloud)
+    np.savetxt(path, np.concatenate([cloud, normals], axis=1), delimiter=sep, fmt='%.9g')
+    np.testing.assert_allclose(load_point_cloud(path), cloud, rtol=0, atol=1e-6)
+
+
+def test_text_with_two_columns_is_rejected(tmp_path):
+    path = tmp_path / 'flat.txt'
+    path.write_text('1 2\n3 4\n')
+    with pytest.raises(ValueError, match='columns'):
+        load_point_cloud(path)
+
+
+@pytest.mark.parametrize('suffix', ['.ply', '.pcd'])
+def test_open3d_point_cloud_round_trip(tmp_path, cloud, suffix):
+    import open3d as o3d
+
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.astype(np.float64)))
+    path = tmp_path / f'c{suffix}'
+    assert o3d.io.write_point_cloud(str(path), pcd)
+    np.testing.assert_allclose(load_point_cloud(path), cloud, atol=1e-6)
+
+
+@pytest.mark.parametrize('suffix', ['.obj', '.off', '.ply'])
+def test_mesh_is_surface_sampled(tmp_path, suffix):
+    import trimesh
+
+    box = trimesh.creation.box(extents=(2.0, 4.0, 6.0))
+    path = tmp_path / f'box{suffix}'
+    box.export(path)
+    out = load_point_cloud(path)
+    assert out.shape == (MESH_SAMPLE_POINTS, 3) and out.dtype == np.float32
+    half = np.array([1.0, 2.0, 3.0])
+    assert np.all(np.abs(out) <= half + 1e-5)
+    # every sample lies on a face: at least one coordinate is at +-half
+    on_face = np.isclose(np.abs(out), half, atol=1e-4).any(axis=1)
+    assert on_face.all()
+    np.testing.assert_array_equal(out, load_point_cloud(path))   # fixed seed
+
+
+def test_missing_file_and_bad_suffix(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nope.npy'):
+        load_point_cloud(tmp_path / 'nope.npy')
+    path = tmp_path / 'c.foo'
+    path.write_text('1 2 3\n')
+    with pytest.raises(ValueError, match=r'\.foo'):
+        load_point_cloud(path)
+
+
+def test_npy_wrong_shape(tmp_path):
+    path = tmp_path / 'flat.npy'
+    np.save(path, np.zeros((10, 2)))
+    with pytest.raises(ValueError, match=r'\(10, 2\)'):
+        load_point_cloud(path)
+
+
+def test_clean_points_drops_non_finite_rows_in_order():
+    pts = np.array([[0, 0, 0], [np.nan, 1, 1], [1, 2, 3], [np.inf, 0, 0], [4, 5, 6]], float)
+    out = clean_points(pts)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[0, 0, 0], [1, 2, 3], [4, 5, 6]])
+
+
+@pytest.mark.parametrize('pts, message', [
+    (np.zeros((0, 3)), 'no finite row'),
+    (np.full((4, 3), np.nan), 'no finite row'),
+    (np.ones((5, 3)), 'degenerate'),
+    (np.zeros((5, 2)), r'shape \(N, 3\)'),
+])
+def test_clean_points_rejects(pts, message):
+    with pytest.raises(ValueError, match=message):
+        clean_points(pts)
+
+
+def test_clean_points_rejects_non_numeric():
+    with pytest.raises(TypeError, match='points'):
+        clean_points(np.array([['a', 'b', 'c']]))
+
+
+def test_normalize_points_hand_case():
+    out = normalize_points(np.array([[0, 0, 0], [2, 0, 0], [0, 2, 0]], np.float32))
+    # bbox centre (1, 1, 0); centred points (-1,-1,0), (1,-1,0), (-1,1,0); radius sqrt(2)
+    s = 1.0 / np.sqrt(2.0)
+    np.testing.assert_allclose(out, [[-s, -s, 0], [s, -s, 0], [-s, s, 0]], atol=1e-7)
+    with pytest.raises(ValueError, match='degenerate'):
+        normalize_points(np.ones((3, 3)))
+
+
+def test_sample_points_without_and_with_replacement(cloud):
+    sub = sample_points(cloud, 20, seed=1)
+    assert sub.shape == (20, 3)
+    assert len({tuple(p) for p in sub}) == 20
+    np.testing.assert_array_equal(sub, sample_points(cloud, 20, seed=1))
+    sup = sample_points(cloud, 120, seed=1)
+    assert sup.shape == (120, 3)
+    assert {tuple(p) for p in cloud} == {tuple(p) for p in sup}
+    with pytest.raises(ValueError, match='n must be >= 1'):
+        sample_points(cloud, 0)
+    with pytest.raises(TypeError, match='n must be an integer'):
+        sample_points(cloud, 2.5)
+
+
+def test_to_z_up():
+    pts = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], np.float32)
+    np.testing.assert_allclose(to_z_up(pts, 'y'), [[0, 0, 1], [1, 0, 0], [0, -1, 0]], atol=1e-7)
+    np.testing.assert_allclose(to_z_up(pts, '-y')[0], [0, 0, -1], atol=1e-7)
+    np.testing.assert_allclose(to_z_up(pts, 'x')[1], [0, 0, 1], atol=1e-7)
+    np.testing.assert_array_equal(to_z_up(pts, 'z'), pts)
+    with pytest.raises(ValueError, match='up_axis'):
+        to_z_up(pts, 'w')
