@@ -26,3 +26,9 @@ def test_core_and_all_its_modules_import_no_ros():
     bad = [m for m in modules if m.split('.')[0] in FORBIDDEN]
     assert not bad, f'opendlign_core pulled in ROS modules: {bad}'
     assert 'opendlign_core.model' in modules
+
+
+def test_public_api_names_resolve():
+    for name in opendlign_core.__all__:
+        assert getattr(opendlign_core, name) is not None, name
+    assert opendlign_core.Detector.__module__ == 'opendlign_core.detection'
