@@ -225,11 +225,28 @@ class SegmentationConfig:
     merge_max_gap: float = 0.3
     #: Smallest fraction of a part's voxels inside the footprint of the cluster above it.
     merge_min_overlap: float = 0.8
+    #: Recover objects standing slightly proud of a removed wall (doors, windows, pictures) from
+    #: a height map of the wall in its own (along, up) coordinates.
+    wall_relief: bool = True
+    #: Cell edge of the wall height map, metres.
+    relief_cell: float = 0.05
+    #: Smallest per-cell median distance in front of the wall for a cell to stand proud, metres.
+    relief_min_height: float = 0.02
+    #: Points up to this far in front of a wall belong to its height map and its regions, metres.
+    relief_front: float = 0.21
+    #: Points up to this far behind a wall belong to its height map and its regions, metres.
+    relief_back: float = 0.1
+    #: Smallest area of a proud region, square metres.
+    relief_min_area: float = 0.03
+    #: Largest fraction of a region's voxels within ``cluster_distance`` of voxels just in
+    #: front of the band (a region touching a deeper object is that object's back).
+    relief_max_touch: float = 0.02
 
     def __post_init__(self) -> None:
         for name in ('voxel_size', 'plane_distance', 'cluster_distance', 'wall_min_length',
                      'wall_min_height', 'max_cluster_extent', 'max_cluster_height',
-                     'split_distance', 'wall_residue_distance', 'merge_cell'):
+                     'split_distance', 'wall_residue_distance', 'merge_cell', 'relief_cell',
+                     'relief_front', 'relief_back'):
             _check(getattr(self, name) > 0, name, getattr(self, name), '> 0')
         for name in ('max_planes', 'min_cluster_points', 'min_cluster_extent'):
             _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
@@ -241,6 +258,10 @@ class SegmentationConfig:
         _check(0 <= self.max_outside_fraction < 1, 'max_outside_fraction',
                self.max_outside_fraction, 'in [0, 1)')
         _check(self.merge_max_gap >= 0, 'merge_max_gap', self.merge_max_gap, '>= 0')
+        for name in ('relief_min_height', 'relief_min_area'):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+        _check(0 <= self.relief_max_touch <= 1, 'relief_max_touch', self.relief_max_touch,
+               'in [0, 1]')
         _check(0 < self.merge_min_overlap <= 1, 'merge_min_overlap', self.merge_min_overlap,
                'in (0, 1]')
         _check(self.cluster_method in ('euclidean', 'dbscan'), 'cluster_method',

@@ -8,11 +8,14 @@ other conventions into it). Pipeline, all on a voxel grid so that the cost barel
 2. RANSAC planes (open3d): horizontal planes with almost nothing below (floor) or above
    (ceiling), and large vertical planes with almost nothing behind them (walls) are removed
    together with whatever lies beyond them; other planes (table tops, cabinet fronts) are kept;
-3. Euclidean clustering (connected components of the voxel neighbour graph) or open3d DBSCAN;
-4. optional splitting of a cluster that falls apart into several large parts at a tighter link;
-5. merging of parts standing under a cluster's footprint into it (table top + legs, see
+3. wall relief: objects a few cm proud of a removed wall (doors, windows, pictures) are found on
+   a median height map of the wall and become clusters of their own (:func:`wall_relief_regions`);
+4. Euclidean clustering (connected components of the voxel neighbour graph) or open3d DBSCAN;
+   clusters that a wall-noise sheet chains together are re-clustered without the sheet;
+5. optional splitting of a cluster that falls apart into several large parts at a tighter link;
+6. merging of parts standing under a cluster's footprint into it (table top + legs, see
    :func:`merge_stacked_parts`);
-6. filters on point count and extent; labels map back to all points through the voxel index.
+7. filters on point count and extent; labels map back to all points through the voxel index.
 """
 
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import open3d as o3d
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
@@ -288,15 +292,26 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
     t1 = time.perf_counter()
     removed, planes = _remove_structure(vox, counts.astype(np.float64), config, seed)
     t2 = time.perf_counter()
-    keep = np.flatnonzero(~removed)
+    walls = [p for p in planes if p.kind == 'wall']
+    relief = (wall_relief_regions(work, inverse, vox, planes, config)
+              if config.wall_relief and walls else [])
+    claimed = np.zeros(len(vox), bool)
+    for region in relief:
+        claimed[region] = True
+    t_relief = time.perf_counter()
+    keep = np.flatnonzero(~removed & ~claimed)
     vox_label = np.full(len(vox), -1, np.int64)
     if len(keep):
         if config.cluster_method == 'dbscan':
             comp = _dbscan(vox[keep], config.cluster_distance, config.dbscan_min_points)
         else:
             comp = euclidean_clusters(vox[keep], config.cluster_distance)
-        walls = [p for p in planes if p.kind == 'wall']
         vox_label[keep] = _filter_clusters(vox[keep], counts[keep], comp, config, walls)
+    next_id = int(vox_label.max()) + 1
+    for region in relief:
+        if _accept(vox[region], int(counts[region].sum()), config):
+            vox_label[region] = next_id
+            next_id += 1
     t3 = time.perf_counter()
     point_label = vox_label[inverse]
     # Renumber by decreasing point count.
@@ -315,8 +330,116 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
     clusters = _group_indices(labels, num)
     t4 = time.perf_counter()
     timings = {'voxelize': 1e3 * (t1 - t0), 'planes': 1e3 * (t2 - t1),
-               'cluster': 1e3 * (t3 - t2), 'map': 1e3 * (t4 - t3), 'total': 1e3 * (t4 - t0)}
+               'relief': 1e3 * (t_relief - t2), 'cluster': 1e3 * (t3 - t_relief),
+               'map': 1e3 * (t4 - t3), 'total': 1e3 * (t4 - t0)}
     return SegmentationResult(labels, clusters, tuple(planes), len(vox), timings)
+
+
+def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray,
+                        planes: Sequence[Plane], cfg: SegmentationConfig) -> list[np.ndarray]:
+    """
+    Find objects standing slightly proud of removed walls (doors, windows, pictures).
+
+    Such objects lie within the depth noise of the wall and go with it when it is removed. For
+    each wall, the points whose voxels lie within ``[-cfg.relief_back, cfg.relief_front]`` of it
+    (and not within ``cfg.plane_distance`` of another removed plane) are binned into
+    ``cfg.relief_cell`` cells of the wall's own (along, up) coordinates. The per-cell median
+    distance, less a robust planar fit of the wall's own level (fused walls are slightly tilted
+    and offset from the removed plane) and smoothed by a 3 x 3 median filter, is a height map in
+    which the depth noise averages out. Connected cells higher than ``cfg.relief_min_height``
+    with an area of at least ``cfg.relief_min_area`` are regions; each region takes the band's
+    voxels in its cells grown by one cell.
+
+    :param points: (N, 3) finite metres, +z up.
+    :param inverse: (N,) voxel index of each point.
+    :param vox: (M, 3) voxel centroids, metres.
+    :param planes: Removed planes (normals point into the room); only walls are searched.
+    :param cfg: Segmentation settings.
+    :return: Disjoint (K_i,) int64 voxel-index arrays, one per region.
+    """
+    out: list[np.ndarray] = []
+    if len(vox) == 0:
+        return out
+    taken = np.zeros(len(vox), bool)
+    near_plane = [np.abs(vox @ p.normal + p.offset) < cfg.plane_distance for p in planes]
+    cell = cfg.relief_cell
+    structure = np.ones((3, 3), bool)
+    for i, wall in enumerate(planes):
+        if wall.kind != 'wall':
+            continue
+        vdist = vox @ wall.normal + wall.offset
+        band = (vdist > -cfg.relief_back) & (vdist < cfg.relief_front) & ~taken
+        for j, near in enumerate(near_plane):
+            if j != i:
+                band &= ~near
+        idx = np.flatnonzero(band)
+        if len(idx) < 9:
+            continue
+        along = np.array([-wall.normal[1], wall.normal[0], 0.0])
+        origin = np.array([(vox[idx] @ along).min(), vox[idx, 2].min()])
+        pidx = np.flatnonzero(band[inverse])
+        pts = np.asarray(points[pidx], np.float64)
+        ij = np.floor((np.c_[pts @ along, pts[:, 2]] - origin) / cell).astype(np.int64) + 2
+        ij = np.maximum(ij, 0)
+        shape = ij.max(axis=0) + 3
+        flat = ij[:, 0] * shape[1] + ij[:, 1]
+        d = pts @ wall.normal + wall.offset
+        order = np.lexsort((d, flat))
+        fs = flat[order]
+        starts = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
+        sizes = np.diff(np.r_[starts, len(fs)])
+        med = d[order][starts + sizes // 2]
+        cells = fs[starts]
+        level = _robust_level(cells // shape[1], cells % shape[1], med, sizes, cfg)
+        raw = np.zeros(shape)
+        raw.flat[cells] = med - level
+        height = ndimage.median_filter(raw, size=3, mode='constant')
+        regions, num = ndimage.label(height > cfg.relief_min_height, structure)
+        # A region's own cells: its grown cells that stand proud before the smoothing too.
+        raw_proud = raw > 0.5 * cfg.relief_min_height
+        if num == 0:
+            continue
+        area = np.bincount(regions.ravel(), minlength=num + 1) * cell * cell
+        vij = np.floor((np.c_[vox[idx] @ along, vox[idx, 2]] - origin) / cell).astype(
+            np.int64) + 2
+        vflat = vij[:, 0] * shape[1] + vij[:, 1]
+        # Voxels of deeper objects just in front of the band: a region touching them is the
+        # back of such an object (cabinet, bed), which the ordinary clustering handles.
+        front = np.flatnonzero((vdist >= cfg.relief_front)
+                               & (vdist < cfg.relief_front + 2 * cfg.cluster_distance))
+        front_tree = cKDTree(vox[front]) if len(front) else None
+        for r in np.flatnonzero(area[1:] >= cfg.relief_min_area) + 1:
+            grown = ndimage.binary_dilation(regions == r, structure) & raw_proud
+            members = idx[grown.flat[vflat]]
+            members = members[~taken[members]]
+            if not len(members):
+                continue
+            if front_tree is not None:
+                dd, _ = front_tree.query(vox[members], distance_upper_bound=cfg.cluster_distance)
+                touch = float(np.mean(np.isfinite(dd)))
+            else:
+                touch = 0.0
+            if touch > cfg.relief_max_touch:
+                continue
+            taken[members] = True
+            out.append(members)
+    return out
+
+
+def _robust_level(iu: np.ndarray, iz: np.ndarray, med: np.ndarray, sizes: np.ndarray,
+                  cfg: SegmentationConfig) -> np.ndarray:
+    # Planar fit med ~ a + b u + c z over the cells, refitted on the cells near the fit so that
+    # objects proud of the wall do not pull it.
+    a = np.c_[np.ones(len(med)), iu * cfg.relief_cell, iz * cfg.relief_cell]
+    use = sizes >= 3
+    level = np.full(len(med), float(np.median(med[use])) if use.any() else 0.0)
+    for tol in (0.05, 0.02, 0.01):
+        fit = use & (np.abs(med - level) < tol)
+        if fit.sum() < 10:
+            break
+        coef, *_ = np.linalg.lstsq(a[fit], med[fit], rcond=None)
+        level = a @ coef
+    return level
 
 
 def _group_indices(labels: np.ndarray, num: int) -> tuple[np.ndarray, ...]:
@@ -344,8 +467,10 @@ def _filter_clusters(vox: np.ndarray, counts: np.ndarray, comp: np.ndarray,
         if counts[members].sum() < cfg.min_cluster_points:
             parts.append(members)
             continue
-        if walls and not _accept(vox[members], int(counts[members].sum()), cfg):
-            pieces = _strip_wall_residue(vox, counts, members, cfg, walls)
+        if walls:
+            pieces = _strip_wall_residue(
+                vox, counts, members, cfg, walls,
+                oversized=not _accept(vox[members], int(counts[members].sum()), cfg))
         if cfg.split_clusters:
             pieces = [q for p in pieces for q in (_split(vox, counts, p, cfg) if len(p) > 1
                                                    else [p])]
@@ -433,15 +558,40 @@ def merge_stacked_parts(vox: np.ndarray, counts: np.ndarray, parts: Sequence[np.
 
 
 def _strip_wall_residue(vox: np.ndarray, counts: np.ndarray, members: np.ndarray,
-                        cfg: SegmentationConfig, walls: Sequence[Plane]) -> list[np.ndarray]:
+                        cfg: SegmentationConfig, walls: Sequence[Plane],
+                        oversized: bool = True) -> list[np.ndarray]:
     # Depth noise leaves a thin sheet of wall points beyond the RANSAC band that chains
-    # everything along a wall into one oversized cluster: drop that sheet and re-cluster.
+    # everything along a wall into one cluster: re-cluster without that sheet. An oversized
+    # cluster loses the sheet; any other is split only when that leaves several parts of at
+    # least ``min_cluster_points``, the sheet then going to the nearest part.
     dist = np.min(np.stack([np.abs(vox[members] @ w.normal + w.offset) for w in walls]), axis=0)
-    rest = members[dist >= cfg.wall_residue_distance]
+    near = dist < cfg.wall_residue_distance
+    if not near.any():
+        return [members]
+    rest = members[~near]
     if len(rest) == 0:
-        return []
+        return [] if oversized else [members]
     sub = euclidean_clusters(vox[rest], cfg.cluster_distance)
-    return [rest[sub == k] for k in range(int(sub.max()) + 1)]
+    if oversized:
+        return [rest[sub == k] for k in range(int(sub.max()) + 1)]
+    weight = np.bincount(sub, weights=counts[rest])
+    big = np.flatnonzero(weight >= cfg.min_cluster_points)
+    if len(big) == 0:
+        return [members]
+    big_mask = np.isin(sub, big)
+    others = np.r_[rest[~big_mask], members[near]]
+    # The sheet joins the nearest part only where it touches one; the rest of it is wall.
+    dist_big, nearest = cKDTree(vox[rest[big_mask]]).query(
+        vox[others], distance_upper_bound=2 * cfg.cluster_distance)
+    close = np.isfinite(dist_big)
+    owner = np.r_[sub[big_mask], sub[big_mask][nearest[close]]]
+    pool = np.r_[rest[big_mask], others[close]]
+    pieces = [pool[owner == b] for b in big]
+    loose = others[~close]
+    if len(loose):
+        sub2 = euclidean_clusters(vox[loose], cfg.cluster_distance)
+        pieces += [loose[sub2 == k] for k in range(int(sub2.max()) + 1)]
+    return pieces
 
 
 def _split(vox: np.ndarray, counts: np.ndarray, members: np.ndarray,

@@ -185,3 +185,39 @@ def test_merge_stacked_parts_hand_built():
     out = merge_stacked_parts(vox, counts, parts, cfg)
     as_sets = sorted(sorted(p.tolist()) for p in out)
     assert as_sets == sorted([list(range(0, 28)), [28, 29, 30], [31]])
+
+
+def _wall_scene(rng, panel: bool):
+    """Floor 4 x 4 m and a wall at y = 4 (2.5 m high, +-2 cm depth noise); optional 1 x 2 m
+    panel standing 4 cm proud of the wall at x in [1.5, 2.5], z in [0, 2]."""
+    floor = np.c_[rng.uniform(0, 4, (30000, 2)), rng.normal(0, 0.005, 30000)]
+    wall = np.c_[rng.uniform(0, 4, 60000), np.zeros(60000), rng.uniform(0, 2.5, 60000)]
+    on_panel = (wall[:, 0] > 1.5) & (wall[:, 0] < 2.5) & (wall[:, 2] < 2.0)
+    if panel:
+        wall[on_panel, 1] = -0.04
+    wall[:, 1] += 4.0 + rng.normal(0, 0.02, len(wall))
+    return np.vstack([floor, wall]).astype(np.float32), len(floor) + np.flatnonzero(on_panel)
+
+
+def test_wall_relief_recovers_proud_panel():
+    rng = np.random.default_rng(7)
+    pts, panel = _wall_scene(rng, panel=True)
+    res = segment_scene(pts)
+    assert sorted(p.kind for p in res.planes) == ['floor', 'wall']
+    assert len(res.clusters) == 1
+    box = pts[res.clusters[0]]
+    lo, hi = box.min(axis=0), box.max(axis=0)
+    # Panel x in [1.5, 2.5], z in [0, 2] (its lowest few cm go with the floor band).
+    np.testing.assert_allclose([lo[0], hi[0], hi[2]], [1.5, 2.5, 2.0], atol=0.06)
+    assert lo[2] < 0.1
+    assert np.isin(panel, res.clusters[0]).mean() > 0.8
+    # Without the relief search most of the panel goes with the wall (only its noise tail stays).
+    plain = segment_scene(pts, SegmentationConfig(wall_relief=False))
+    assert all(np.isin(panel, c).mean() < 0.5 for c in plain.clusters)
+
+
+def test_wall_relief_plain_wall_gives_nothing():
+    rng = np.random.default_rng(8)
+    pts, _ = _wall_scene(rng, panel=False)
+    res = segment_scene(pts)
+    assert res.clusters == ()
