@@ -1,5 +1,5 @@
 """
-Classification overhead: whole ``Classifier.classify_views`` call vs the bare image-encoder forward.
+Classification overhead: a whole ``Classifier.classify_views`` call vs the bare encoder forward.
 
 Both run on the same 10 depth views of one object (ViT-B-32, random weights, fp32, CPU), measured
 interleaved in one run. Target (issue 2): ratio <= 1.15.

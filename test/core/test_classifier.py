@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from opendlign_core.classifier import (
-    aggregate_scores, Classifier, encode_views, LabelSet, validate_labels)
+    Classifier,
+    LabelSet,
+    aggregate_scores,
+    encode_views,
+    validate_labels,
+)
 from opendlign_core.config import ModelConfig
 from opendlign_core.model import create_depth_clip
 
@@ -39,7 +44,8 @@ def test_sum_of_softmax_differs_from_sum_of_cosines():
     cos_sum = (views @ text.T).sum(1)
     soft = aggregate_scores(views, text)
     assert cos_sum.argmax().item() == 1
-    sig = 1 / (1 + math.exp(-2.0)) + 2 / (1 + math.exp(0.9))  # class 1: sigmoid(2) + 2 sigmoid(-.9)
+    # class 1: sigmoid(2) + 2 sigmoid(-0.9)
+    sig = 1 / (1 + math.exp(-2.0)) + 2 / (1 + math.exp(0.9))
     torch.testing.assert_close(soft, torch.tensor([[3 - sig, sig]]))
     assert soft.argmax().item() == 0
 

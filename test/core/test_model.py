@@ -5,7 +5,12 @@ import torch
 
 from opendlign_core.config import ModelConfig
 from opendlign_core.model import (
-    create_depth_clip, DEPTH_BLOCK_PREFIX, get_model_config, read_manifest, save_depth_clip)
+    DEPTH_BLOCK_PREFIX,
+    create_depth_clip,
+    get_model_config,
+    read_manifest,
+    save_depth_clip,
+)
 
 TINY = ModelConfig(model_name='OpenDlign-Tiny-Test')
 

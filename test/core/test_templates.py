@@ -1,7 +1,11 @@
 import pytest
 
 from opendlign_core.templates import (
-    DEPTH_TEMPLATES, DEPTH_TEMPLATES_SCANOBJECTNN, fill_templates, get_templates)
+    DEPTH_TEMPLATES,
+    DEPTH_TEMPLATES_SCANOBJECTNN,
+    fill_templates,
+    get_templates,
+)
 
 
 def test_depth_templates_structure():
