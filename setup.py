@@ -27,7 +27,7 @@ setup(
     maintainer_email='opendlign-ros@example.com',
     description='Open-vocabulary 3D object recognition in point clouds (OpenDlign) for ROS 2.',
     license='Apache-2.0',
-    tests_require=['pytest'],
+    extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
             'opendlign = opendlign_ros.cli:main',
