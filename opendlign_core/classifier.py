@@ -8,7 +8,7 @@ softmax over the **raw** cosines (no temperature) is taken per view and the V so
 The argmax of that sum is the prediction, exactly as the reference ``zero_shot.py``.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import logging
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from opendlign_core.config import OpenDlignConfig
+from opendlign_core.config import OpenDlignConfig, ProjectionConfig
 from opendlign_core.model import DepthCLIP, create_depth_clip
 from opendlign_core.templates import fill_templates, get_templates
 
@@ -158,13 +158,26 @@ class Classifier:
     re-encodes only new labels; :class:`LabelSet` objects are immutable, so building one never
     disturbs one in use on another thread.
 
+    A model exported with its projection settings (our manifests record the projection it was
+    trained on) is always fed views made that way: the manifest's projection replaces
+    ``config.projection``, except the run-time ``num_threads``.
+
     :param model: The depth CLIP model.
     :param config: Projection and classifier settings (``config.model`` is informational here).
     """
 
     def __init__(self, model: DepthCLIP, config: Optional[OpenDlignConfig] = None) -> None:
         self.model = model
-        self.config = config or OpenDlignConfig()
+        config = config or OpenDlignConfig()
+        trained = model.manifest.get('projection')
+        if trained:
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in trained.items()}
+            values['num_threads'] = config.projection.num_threads
+            projection = ProjectionConfig(**values)
+            if projection != config.projection:
+                _logger.info('using the projection the model was trained with: %s', projection)
+            config = replace(config, projection=projection)
+        self.config = config
         self._text_cache: Dict[Tuple[str, str], torch.Tensor] = {}
         self._cache_lock = threading.Lock()
 

@@ -6,12 +6,19 @@ them; nothing else constructs pipeline settings.
 """
 
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal, Mapping, Tuple
 
 #: Default view angles in degrees (see :mod:`opendlign_core.projection` for the convention).
 DEFAULT_VIEW_ANGLES_DEG: Tuple[float, ...] = (
     30.0, 66.0, 102.0, 138.0, 174.0, 210.0, 246.0, 282.0, 318.0, 354.0,
 )
+
+#: Weights shipped with the package, by architecture (``ModelConfig.weights_path='bundled'``).
+BUNDLED_WEIGHTS: Mapping[str, Path] = {
+    'OpenDlign-Bootstrap-XS':
+        Path(__file__).resolve().parent / 'weights' / 'opendlign-bootstrap.safetensors',
+}
 
 ProjectionMethod = Literal['contour', 'realistic']
 Device = str
@@ -85,14 +92,20 @@ class ProjectionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which CLIP model to build and where its weights come from."""
+    """
+    Which CLIP model to build and where its weights come from.
+
+    The default is the model bundled with the package (``OpenDlign-Bootstrap-XS``).
+    """
 
     #: open_clip architecture name (``'ViT-B-32'``, ``'ViT-H-14-quickgelu'``, a bundled JSON name).
     #: Ignored when ``weights_path`` is an exported model, whose manifest names the architecture.
-    model_name: str = 'ViT-B-32'
-    #: Path to weights: an exported ``.safetensors`` (with its ``.json`` manifest), an authors'
-    #: ``.pth`` checkpoint or a plain open_clip checkpoint; ``''`` means random weights.
-    weights_path: str = ''
+    model_name: str = 'OpenDlign-Bootstrap-XS'
+    #: Weights: ``'bundled'`` = the weights shipped for ``model_name`` in
+    #: ``opendlign_core/weights`` (random, with a warning, for architectures that have none);
+    #: ``''`` = random weights; otherwise a path to an exported ``.safetensors`` (with its
+    #: ``.json`` manifest), an authors' ``.pth`` checkpoint or a plain open_clip checkpoint.
+    weights_path: str = 'bundled'
     #: Torch device string, e.g. ``'cpu'`` or ``'cuda:0'``.
     device: Device = 'cpu'
     #: Weight precision; ``'fp32'`` unless opted in.

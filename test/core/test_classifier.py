@@ -128,3 +128,18 @@ def test_embed_views_batches_match_single_pass(classifier):
     batched = classifier.embed_views(views)  # config batch_size 8 -> one chunk
     one_by_one = torch.cat([classifier.embed_views(views[i:i + 1]) for i in range(5)])
     torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+def test_classifier_uses_the_projection_recorded_with_the_model():
+    from opendlign_core.config import OpenDlignConfig, ProjectionConfig
+
+    model = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=''))
+    model.manifest = {'projection': {'resolution': 64, 'densify_kernel': 5,
+                                     'view_angles_deg': [0.0, 90.0], 'num_threads': 3}}
+    config = OpenDlignConfig(projection=ProjectionConfig(num_threads=2))
+    projection = Classifier(model, config).config.projection
+    assert (projection.resolution, projection.densify_kernel) == (64, 5)
+    assert projection.view_angles_deg == (0.0, 90.0) and projection.num_threads == 2
+    assert Classifier(create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test',
+                                                    weights_path='')),
+                      config).config.projection == config.projection

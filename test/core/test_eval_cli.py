@@ -122,17 +122,16 @@ def test_eval_cls_limit_and_errors(tmp_path, monkeypatch, capsys):
 def test_default_model_config(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(eval_cli, 'BUNDLED_WEIGHTS', tmp_path / 'missing.safetensors')
     cfg = eval_cli.default_model_config()
-    assert cfg == ModelConfig(model_name=TINY)
+    assert cfg == ModelConfig(model_name=TINY, weights_path='')
     assert 'RANDOM WEIGHTS' in caplog.text
-    bundled = tmp_path / 'opendlign-bootstrap-s.safetensors'
+    bundled = tmp_path / 'opendlign-bootstrap.safetensors'
     bundled.write_bytes(b'')
     monkeypatch.setattr(eval_cli, 'BUNDLED_WEIGHTS', bundled)
-    assert eval_cli.default_model_config('cuda:0') == ModelConfig(weights_path=str(bundled),
-                                                                  device='cuda:0')
+    assert eval_cli.default_model_config('cuda:0') == ModelConfig(device='cuda:0')
     assert eval_cli.model_config_from_args('w.pth', 'ViT-B-16', 'cpu') == ModelConfig(
         model_name='ViT-B-16', weights_path='w.pth')
     assert eval_cli.model_config_from_args(None, 'ViT-B-16', 'cpu', 'bf16') == ModelConfig(
-        model_name='ViT-B-16', precision='bf16')
+        model_name='ViT-B-16', weights_path='', precision='bf16')
 
 
 def test_parse_labels(tmp_path):

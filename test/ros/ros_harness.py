@@ -20,8 +20,8 @@ from opendlign_ros import conversions
 _counter = itertools.count()
 
 #: Node parameter overrides for fast tests: the tiny random model and small depth maps.
-TINY = {'model_name': 'OpenDlign-Tiny-Test', 'labels': ['chair', 'table', 'lamp'],
-        'projection.resolution': 64}
+TINY = {'model_name': 'OpenDlign-Tiny-Test', 'weights_path': '',
+        'labels': ['chair', 'table', 'lamp'], 'projection.resolution': 64}
 
 
 def unique_domain_id() -> int:

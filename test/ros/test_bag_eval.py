@@ -8,6 +8,7 @@ from test_bag import _write_scene
 
 from opendlign_core.cli import build_parser, run
 from opendlign_ros.bag_cli import register_bag_commands
+from opendlign_ros.node_process import format_overrides
 
 pytestmark = pytest.mark.ros
 # The node process builds the real detector (opendlign_core.detection, written in parallel).
@@ -20,11 +21,9 @@ def test_bag_eval_reports_ap_latency_and_drops(tmp_path, capsys):
     bag_dir = tmp_path / 'scenes.bag'
     assert run(parser, ['bag', 'from-scenes', str(tmp_path / 'scenes'), '--out', str(bag_dir),
                         '--rate', '4']) == 0
-    overrides = [f'{k}:={v}' for k, v in TINY.items() if k != 'labels']
     args = ['bag', 'eval', str(bag_dir), '--out', str(tmp_path / 'eval'),
             '--domain-id', str(unique_domain_id())]
-    for item in overrides:
-        args += ['-p', item]
+    args += format_overrides({k: v for k, v in TINY.items() if k != 'labels'})
     assert run(parser, args) == 0
     results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
     assert results['clouds_sent'] == 1
@@ -49,9 +48,7 @@ def test_bag_eval_lockstep_answers_every_cloud_of_a_fast_bag(tmp_path):
                         '--rate', '1000']) == 0
     args = ['bag', 'eval', str(bag_dir), '--out', str(tmp_path / 'eval'), '--lockstep',
             '--domain-id', str(unique_domain_id())]
-    for k, v in TINY.items():
-        if k != 'labels':
-            args += ['-p', f'{k}:={v}']
+    args += format_overrides({k: v for k, v in TINY.items() if k != 'labels'})
     assert run(parser, args) == 0
     results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
     assert (results['clouds_sent'], results['clouds_answered'], results['clouds_dropped']) == \
