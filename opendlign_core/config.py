@@ -281,6 +281,15 @@ class SegmentationConfig:
                self.cluster_method, "one of 'euclidean', 'dbscan'")
 
 
+#: Generic synonym groups of the ScanNet-18 classes (see ``DetectorConfig.label_synonyms``).
+DEFAULT_LABEL_SYNONYMS: str = (
+    'garbage bin|trash can|waste bin|garbage can; refrigerator|fridge; bookshelf|bookcase|shelf; '
+    'counter|kitchen counter|countertop; cabinet|kitchen cabinet|cupboard; '
+    'desk|office desk|writing desk; window|window frame; door|doorway; toilet|toilet bowl; '
+    'sink|washbasin; picture|picture frame'
+)
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """
@@ -316,6 +325,15 @@ class DetectorConfig:
     oriented_boxes: bool = True
     #: Seed of every random subsampling, so results are reproducible.
     seed: int = 0
+    #: Synonym groups ``'label|synonym|...'`` joined by ``';'`` (``''`` for none): a class whose
+    #: label equals a group's first name is
+    #: matched by the average of the names' L2-normalised text embeddings (renormalised), and its
+    #: detections keep the first name. A label may also carry its own ``'|'`` synonyms.
+    label_synonyms: str = DEFAULT_LABEL_SYNONYMS
+    #: Labels reported per object: its best ``labels_per_object`` labels by score, each a
+    #: detection with the same box (more recall for AP-style evaluation); 1 gives one label per
+    #: object. Capped by ``opendlign.classifier.top_k``.
+    labels_per_object: int = 1
 
     def __post_init__(self) -> None:
         _check(self.up_axis in ('x', 'y', 'z', '-x', '-y', '-z'), 'up_axis', self.up_axis,
@@ -328,3 +346,8 @@ class DetectorConfig:
         for name in ('max_points', 'max_points_per_object', 'min_points_per_object',
                      'max_objects'):
             _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
+        _check(self.labels_per_object >= 1, 'labels_per_object', self.labels_per_object, '>= 1')
+        _check(isinstance(self.label_synonyms, str)
+               and all(g.split('|')[0].strip() for g in self.label_synonyms.split(';')
+                       if g.strip()),
+               'label_synonyms', self.label_synonyms, "'label|synonym|...' groups joined by ';'")

@@ -35,7 +35,9 @@ class Detection:
     ``label`` is the best label (or ``DetectorConfig.unknown_label``), ``score`` the classifier's
     ranking score in [0, 1], ``box`` the fitted box, ``point_indices`` (K,) int64 indices into the
     input cloud, ``top_k`` the best (label, score) pairs and ``probability`` the calibrated
-    probability of the best label.
+    probability of the best label. With ``DetectorConfig.labels_per_object`` > 1 an object gives
+    one detection per label hypothesis: ``hypothesis`` is the label's rank among the object's
+    labels (0 for the best; other ranks have a NaN ``probability``).
     """
 
     label: str
@@ -44,6 +46,7 @@ class Detection:
     point_indices: np.ndarray
     top_k: tuple[tuple[str, float], ...]
     probability: float = math.nan
+    hypothesis: int = 0
 
     def to_dict(self, with_indices: bool = False) -> dict:
         """
@@ -98,12 +101,35 @@ class Detector:
 
     def encode_labels(self, labels: Sequence[str]):
         """
-        Build an immutable label set (delegates to the classifier).
+        Build an immutable label set, merging synonyms (see ``DetectorConfig.label_synonyms``).
 
-        :param labels: Class names.
-        :return: A :class:`~opendlign_core.classifier.LabelSet`.
+        A label ``'a|b|c'`` (or a label ``'a'`` with a configured group ``'a|b|c'``) becomes the
+        class ``'a'`` whose text embedding is the renormalised mean of the L2-normalised
+        embeddings of ``a``, ``b`` and ``c``. Without any synonyms this delegates to the
+        classifier unchanged.
+
+        :param labels: Class names, each optionally ``'name|synonym|...'``.
+        :return: A :class:`~opendlign_core.classifier.LabelSet` labelled by the first names.
+        :raises TypeError: If ``labels`` is a single string.
+        :raises ValueError: If a label has a blank name or two labels share a first name.
         """
-        return self.classifier.encode_labels(labels)
+        if isinstance(labels, (str, bytes)):
+            raise TypeError(f'labels must be a sequence of strings, not a string {labels!r}')
+        groups = expand_synonyms(labels, self.config.label_synonyms)
+        if all(len(g) == 1 for g in groups):
+            return self.classifier.encode_labels([g[0] for g in groups])
+        import torch
+        import torch.nn.functional as F
+
+        from opendlign_core.classifier import LabelSet
+
+        names = list(dict.fromkeys(n for g in groups for n in g))
+        base = self.classifier.encode_labels(names)
+        row = {n: i for i, n in enumerate(base.labels)}
+        weights = torch.stack([F.normalize(base.weights[[row[n] for n in g]].mean(dim=0), dim=-1)
+                               for g in groups])
+        return LabelSet(labels=tuple(g[0] for g in groups), weights=weights,
+                        templates=base.templates)
 
     def _prepare(self, points: np.ndarray, colors: Optional[np.ndarray]
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,15 +173,20 @@ class Detector:
         rng = np.random.default_rng(self.config.seed)
         return pts[np.sort(rng.choice(len(pts), cap, replace=False))]
 
-    def _make(self, pred, box: Box3D, indices: np.ndarray) -> Optional[Detection]:
+    def _make(self, pred, box: Box3D, indices: np.ndarray) -> list[Detection]:
         prob = float(pred.probability)
         if prob < self.config.score_threshold:
-            return None
-        label = pred.label
+            return []
+        top_k = tuple((str(k), float(v)) for k, v in pred.top_k)
+        indices = indices.astype(np.int64)
         if self.config.unknown_threshold > 0 and prob < self.config.unknown_threshold:
-            label = self.config.unknown_label
-        return Detection(label, float(pred.score), box, indices.astype(np.int64),
-                         tuple((str(k), float(v)) for k, v in pred.top_k), prob)
+            return [Detection(self.config.unknown_label, float(pred.score), box, indices, top_k,
+                              prob)]
+        out = [Detection(pred.label, float(pred.score), box, indices, top_k, prob)]
+        extra = [(k, v) for k, v in top_k if k != pred.label][:self.config.labels_per_object - 1]
+        out.extend(Detection(k, v, box, indices, top_k, math.nan, rank)
+                   for rank, (k, v) in enumerate(extra, start=1))
+        return out
 
     def detect(self, points: np.ndarray, label_set, colors: Optional[np.ndarray] = None
                ) -> DetectionResult:
@@ -184,8 +215,7 @@ class Detector:
         preds = self._classify([self._object_cloud(work[c]) for c in clusters], label_set,
                                timings)
         t1 = time.perf_counter()
-        dets = [d for d in (self._make(p, b, index[c]) for p, b, c in zip(preds, boxes, clusters))
-                if d is not None]
+        dets = [d for p, b, c in zip(preds, boxes, clusters) for d in self._make(p, b, index[c])]
         if dets and self.config.nms_iou < 1:
             keep = nms_3d([d.box for d in dets], [d.score for d in dets], self.config.nms_iou,
                           labels=[d.label for d in dets], oriented=True)
@@ -206,7 +236,8 @@ class Detector:
         :param points: (N, 3) metres, ``config.up_axis`` up.
         :param boxes: Boxes in the gravity-aligned frame.
         :param label_set: Labels from :meth:`encode_labels`.
-        :return: Detections in box order (each keeps its given box).
+        :return: Detections in box order (each keeps its given box; hypotheses of one box follow
+            each other).
         :raises ValueError: If ``points`` is not (N, 3).
         :raises TypeError: If ``points`` is not numeric or a box is not a :class:`Box3D`.
         """
@@ -220,5 +251,38 @@ class Detector:
         timings = {'project': 0.0, 'encode': 0.0, 'classify': 0.0}
         preds = self._classify([self._object_cloud(work[m]) for _, m in chosen], label_set,
                                timings)
-        dets = (self._make(p, b, index[m]) for p, (b, m) in zip(preds, chosen))
-        return tuple(d for d in dets if d is not None)
+        return tuple(d for p, (b, m) in zip(preds, chosen) for d in self._make(p, b, index[m]))
+
+
+def expand_synonyms(labels: Sequence[str], synonyms: str = '') -> list[tuple[str, ...]]:
+    """
+    Split labels into synonym groups.
+
+    ``'a|b'`` gives ``('a', 'b')``; a plain label ``'a'`` takes the names of the first group in
+    ``synonyms`` whose first name is ``'a'``. Names are stripped and de-duplicated in order.
+
+    :param labels: Class names, each optionally ``'name|synonym|...'``.
+    :param synonyms: Groups ``'name|synonym|...'`` joined by ``';'``
+        (``DetectorConfig.label_synonyms``).
+    :return: One tuple of names per label, the class name first.
+    :raises ValueError: If a label has a blank first name or two labels share a first name.
+    """
+    known: dict[str, tuple[str, ...]] = {}
+    for group in (g for g in synonyms.split(';') if g.strip()):
+        names = _split(group)
+        known.setdefault(names[0], names)
+    out, seen = [], set()
+    for i, label in enumerate(labels):
+        names = _split(label)
+        if not names[0]:
+            raise ValueError(f'labels[{i}] has a blank name: {label!r}')
+        if names[0] in seen:
+            raise ValueError(f'labels[{i}] repeats the class {names[0]!r}')
+        seen.add(names[0])
+        out.append(names if len(names) > 1 else known.get(names[0], names))
+    return out
+
+
+def _split(group: str) -> tuple[str, ...]:
+    names = [n.strip() for n in group.split('|')]
+    return tuple(dict.fromkeys([names[0]] + [n for n in names[1:] if n]))

@@ -150,3 +150,66 @@ def test_tiny_real_model():
         assert d.label in ('chair', 'table')
         assert 0 <= d.score <= 1 and 0 <= d.probability <= 1
         assert len(d.top_k) == 2
+
+
+class VectorClassifier:
+    """Encodes each name as a fixed 2-D unit vector; classifies by dot product."""
+
+    VECTORS = {'bin': [1.0, 0.0], 'trash can': [0.0, 1.0], 'chair': [-1.0, 0.0]}
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_labels(self, labels):
+        import torch
+
+        from opendlign_core.classifier import LabelSet
+
+        self.calls.append(tuple(labels))
+        return LabelSet(tuple(labels), torch.tensor([self.VECTORS[x] for x in labels]), 't')
+
+
+def test_expand_synonyms_groups_and_errors():
+    from opendlign_core.detection import expand_synonyms
+
+    assert expand_synonyms(['bin', 'chair|seat| ', 'sofa'], 'bin|trash can; bin|x') == [
+        ('bin', 'trash can'), ('chair', 'seat'), ('sofa',)]
+    with pytest.raises(ValueError, match='repeats'):
+        expand_synonyms(['bin', 'bin|trash can'])
+    with pytest.raises(ValueError, match='blank'):
+        expand_synonyms(['|trash can'])
+
+
+def test_encode_labels_averages_synonym_embeddings():
+    clf = VectorClassifier()
+    det = Detector(clf, DetectorConfig(label_synonyms='bin|trash can'))
+    labels = det.encode_labels(['bin', 'chair'])
+    assert labels.labels == ('bin', 'chair')
+    h = 0.5 ** 0.5   # mean of (1, 0) and (0, 1), renormalised
+    np.testing.assert_allclose(labels.weights.numpy(), [[h, h], [-1, 0]], atol=1e-6)
+    assert clf.calls == [('bin', 'trash can', 'chair')]
+    plain = Detector(clf, DetectorConfig(label_synonyms='')).encode_labels(['bin|trash can'])
+    np.testing.assert_allclose(plain.weights.numpy(), [[h, h]], atol=1e-6)
+    Detector(clf, DetectorConfig(label_synonyms='')).encode_labels(['bin'])
+    assert clf.calls[-1] == ('bin',)   # no synonyms: delegated unchanged
+
+
+def test_labels_per_object_emits_ranked_hypotheses():
+    pts, _ = _scene()
+    clf = StubClassifier()
+
+    def classify(feats, label_set):
+        return [SimpleNamespace(label='a', score=0.6, probability=0.7,
+                                top_k=(('a', 0.6), ('b', 0.3), ('c', 0.1))) for _ in feats]
+    clf.classify_features = classify
+    one = Detector(clf, DetectorConfig()).detect(pts, None).detections
+    three = Detector(clf, DetectorConfig(labels_per_object=3)).detect(pts, None).detections
+    assert len(one) == 2 and {d.label for d in one} == {'a'}
+    assert len(three) == 6
+    assert sorted((d.label, d.hypothesis, d.score) for d in three)[::2] == [
+        ('a', 0, 0.6), ('b', 1, 0.3), ('c', 2, 0.1)]
+    assert all(np.isnan(d.probability) for d in three if d.hypothesis)
+    with pytest.raises(ValueError, match='labels_per_object'):
+        DetectorConfig(labels_per_object=0)
+    with pytest.raises(ValueError, match='label_synonyms'):
+        DetectorConfig(label_synonyms='bin; |trash can')
