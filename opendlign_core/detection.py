@@ -22,7 +22,8 @@ import numpy as np
 
 from opendlign_core.boxes import Box3D, fit_aabb, fit_oriented_box, nms_3d
 from opendlign_core.config import DetectorConfig
-from opendlign_core.segmentation import segment_scene, to_z_up
+from opendlign_core.pointcloud import to_z_up
+from opendlign_core.segmentation import segment_scene
 
 logger = logging.getLogger(__name__)
 

@@ -154,6 +154,20 @@ def sample_points(points: np.ndarray, n: int, seed: Optional[int] = 0) -> np.nda
     return np.ascontiguousarray(pts[idx], dtype=np.float32)
 
 
+def up_rotation(up_axis: str) -> np.ndarray:
+    """
+    Return the proper rotation taking a frame whose up axis is ``up_axis`` to a +z-up frame.
+
+    :param up_axis: One of ``'x', 'y', 'z', '-x', '-y', '-z'``.
+    :return: (3, 3) float64 rotation R (det +1); z-up points are ``points @ R.T``.
+    :raises ValueError: If ``up_axis`` is unknown.
+    """
+    try:
+        return _UP_ROTATIONS[up_axis].copy()
+    except (KeyError, TypeError) as e:
+        raise ValueError(f'up_axis must be one of {sorted(_UP_ROTATIONS)}, got {up_axis!r}') from e
+
+
 def to_z_up(points: np.ndarray, up_axis: str) -> np.ndarray:
     """
     Rotate a cloud whose up direction is ``up_axis`` into a +z-up frame (a proper rotation).
@@ -169,10 +183,9 @@ def to_z_up(points: np.ndarray, up_axis: str) -> np.ndarray:
     :raises ValueError: If ``points`` is not (N, 3) or ``up_axis`` is unknown.
     """
     pts = _check_points(points, 'points')
-    try:
-        rotation = _UP_ROTATIONS[up_axis]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f'up_axis must be one of {sorted(_UP_ROTATIONS)}, got {up_axis!r}') from e
+    rotation = up_rotation(up_axis)
+    if up_axis == 'z':
+        return np.ascontiguousarray(pts, dtype=np.float32)
     return np.ascontiguousarray(pts.astype(np.float64) @ rotation.T, dtype=np.float32)
 
 

@@ -1,8 +1,9 @@
 """
 Class-agnostic segmentation of a scene point cloud into object clusters.
 
-Input clouds are (N, 3) metres in a gravity-aligned frame with +z up (:func:`to_z_up` rotates
-other conventions into it). Pipeline, all on a voxel grid so that the cost barely depends on N:
+Input clouds are (N, 3) metres in a gravity-aligned frame with +z up
+(:func:`opendlign_core.pointcloud.to_z_up` rotates other conventions into it). Pipeline, all on
+a voxel grid so that the cost barely depends on N:
 
 1. voxel down-sampling (centroid per occupied voxel, every point keeps its voxel index);
 2. RANSAC planes (open3d): horizontal planes with almost nothing below (floor) or above
@@ -36,45 +37,6 @@ from opendlign_core.config import SegmentationConfig
 logger = logging.getLogger(__name__)
 
 PlaneKind = Literal['floor', 'ceiling', 'wall']
-
-_UP_ROTATIONS = {
-    'z': np.eye(3),
-    '-z': np.diag([1.0, -1.0, -1.0]),
-    # Y-up (x right, z towards the viewer) -> z-up: (x, y, z) -> (x, -z, y).
-    'y': np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]),
-    '-y': np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),
-    'x': np.array([[0, 0, -1.0], [0, 1, 0], [1, 0, 0]]),
-    '-x': np.array([[0, 0, 1.0], [0, 1, 0], [-1, 0, 0]]),
-}
-
-
-def up_rotation(up_axis: str) -> np.ndarray:
-    """
-    Return the proper rotation taking a frame whose up axis is ``up_axis`` to a +z-up frame.
-
-    :param up_axis: One of ``'x', 'y', 'z', '-x', '-y', '-z'``.
-    :return: (3, 3) float64 rotation R (det +1); z-up points are ``points @ R.T``.
-    :raises ValueError: If ``up_axis`` is unknown.
-    """
-    try:
-        return _UP_ROTATIONS[up_axis].copy()
-    except KeyError as e:
-        raise ValueError(f'up_axis must be one of {sorted(_UP_ROTATIONS)}, got {up_axis!r}') from e
-
-
-def to_z_up(points: np.ndarray, up_axis: str) -> np.ndarray:
-    """
-    Rotate points into the +z-up frame.
-
-    :param points: (N, 3) metres, frame with ``up_axis`` pointing up.
-    :param up_axis: One of ``'x', 'y', 'z', '-x', '-y', '-z'``.
-    :return: (N, 3) float32 metres, +z up.
-    """
-    pts = np.asarray(points, dtype=np.float32)
-    if up_axis == 'z':
-        return pts
-    return (pts @ up_rotation(up_axis).T.astype(np.float32)).astype(np.float32)
-
 
 @dataclass(frozen=True)
 class Plane:
@@ -265,7 +227,7 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
     Non-finite rows are ignored (label -1). An empty cloud, or one that is entirely structure,
     gives a result with no clusters.
 
-    :param points: (N, 3) metres, +z up (see :func:`to_z_up`).
+    :param points: (N, 3) metres, +z up (see :func:`opendlign_core.pointcloud.to_z_up`).
     :param config: Segmentation settings.
     :param seed: Seed of the RANSAC sampling (results are deterministic for a seed).
     :return: The labels, the clusters and the removed planes.

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 
 from opendlign_core.config import SegmentationConfig
+from opendlign_core.pointcloud import to_z_up, up_rotation
 from opendlign_core.segmentation import (
     euclidean_clusters,
     merge_stacked_parts,
     segment_scene,
-    to_z_up,
-    up_rotation,
     voxelize,
 )
 
