@@ -186,7 +186,30 @@ def _resolve_labels(found: Sequence[str], labels: Optional[Sequence[str]],
     return labels
 
 
-class DepthMapDataset:
+class _Samples:
+    """Shared sample-list behaviour of the dataset readers (``self.samples``)."""
+
+    samples: Tuple[Sample, ...]
+
+    def __len__(self) -> int:
+        """
+        Return the number of objects.
+
+        :return: The count.
+        """
+        return len(self.samples)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """
+        Return every sample's class index.
+
+        :return: (N,) int64 array.
+        """
+        return np.array([s.target for s in self.samples], dtype=np.int64)
+
+
+class DepthMapDataset(_Samples):
     """
     OpenDlign's released multi-view depth maps, one memory-mapped ``.npy`` file per object.
 
@@ -248,23 +271,6 @@ class DepthMapDataset:
             labels = dataset_labels(dataset)
         return cls(folder, labels, name=dataset, **kwargs)
 
-    def __len__(self) -> int:
-        """
-        Return the number of objects.
-
-        :return: The count.
-        """
-        return len(self.samples)
-
-    @property
-    def targets(self) -> np.ndarray:
-        """
-        Return every sample's class index.
-
-        :return: (N,) int64 array.
-        """
-        return np.array([s.target for s in self.samples], dtype=np.int64)
-
     def load_views(self, i: int) -> np.ndarray:
         """
         Read the views of one object.
@@ -323,7 +329,7 @@ def _label_from_folder(name: str) -> str:
     return name.replace('_', ' ').strip()
 
 
-class PointCloudFolder:
+class PointCloudFolder(_Samples):
     """
     Point-cloud files sorted into one folder per class: ``<root>/<class>/<file>.<ext>``.
 
@@ -367,23 +373,6 @@ class PointCloudFolder:
         index = {label: i for i, label in enumerate(self.labels)}
         self.samples: Tuple[Sample, ...] = tuple(_subset(
             [Sample(path=p, label=label, target=index[label]) for label, p in found], limit))
-
-    def __len__(self) -> int:
-        """
-        Return the number of objects.
-
-        :return: The count.
-        """
-        return len(self.samples)
-
-    @property
-    def targets(self) -> np.ndarray:
-        """
-        Return every sample's class index.
-
-        :return: (N,) int64 array.
-        """
-        return np.array([s.target for s in self.samples], dtype=np.int64)
 
     def load_points(self, i: int) -> np.ndarray:
         """
