@@ -254,6 +254,8 @@ def main(args: Optional[List[str]] = None) -> int:
     try:
         try:
             node = DetectorNode()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            return 0  # stopped while loading the model or encoding the labels
         except (FileNotFoundError, ValueError, TypeError, ImportError, ParameterException,
                 RuntimeError) as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(
