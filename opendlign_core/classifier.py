@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from opendlign_core.config import OpenDlignConfig, ProjectionConfig
 from opendlign_core.model import DepthCLIP, create_depth_clip
+from opendlign_core.projection import project_depth_views, views_to_images
 from opendlign_core.templates import fill_templates, get_templates
 
 _logger = logging.getLogger(__name__)
@@ -113,9 +114,7 @@ def preprocess_views(views: torch.Tensor, model: DepthCLIP) -> torch.Tensor:
     size = model.image_size
     if (h, w) != (size, size):
         x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
-    mean = torch.tensor(model.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(model.std, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).reshape(b, v, 3, size, size)
+    return views_to_images(x.reshape(b, v, size, size), model.mean, model.std)
 
 
 def encode_views(model: DepthCLIP, views: torch.Tensor) -> torch.Tensor:
@@ -236,8 +235,6 @@ class Classifier:
         :param clouds: One (N, 3) array or a sequence of (N_i, 3) arrays, metres, z up.
         :return: (B, V, H, W) float32 depth maps on the model's device.
         """
-        from opendlign_core.projection import project_depth_views
-
         return project_depth_views(clouds, self.config.projection, device=self.model.device)
 
     def embed_views(self, views: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,10 @@ BUNDLED_WEIGHTS: Mapping[str, Path] = {
         Path(__file__).resolve().parent / 'weights' / 'opendlign-bootstrap.safetensors',
 }
 
+#: ImageNet statistics: the reference code normalises depth maps with these, not CLIP's.
+IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+
 ProjectionMethod = Literal['contour', 'realistic']
 Device = str
 Precision = Literal['fp32', 'bf16', 'fp16']

@@ -31,15 +31,12 @@ import open_clip
 import torch
 from torch import nn
 
-from opendlign_core.config import BUNDLED_WEIGHTS, ModelConfig
+from opendlign_core.config import BUNDLED_WEIGHTS, IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 _logger = logging.getLogger(__name__)
 
 #: Key prefix of the extra block in the authors' checkpoints and in our export.
 DEPTH_BLOCK_PREFIX = 'visual.transformer.depth_control_visual.resblocks.0.'
-#: ImageNet statistics: the reference code normalises depth maps with these, not CLIP's.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MANIFEST_FORMAT = 'opendlign-depth-clip'
 MANIFEST_VERSION = 1
 

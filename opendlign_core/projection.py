@@ -111,15 +111,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from opendlign_core.config import ProjectionConfig
+from opendlign_core.config import IMAGENET_MEAN, IMAGENET_STD, ProjectionConfig
 
 logger = logging.getLogger(__name__)
 
 PointsLike = Union[np.ndarray, torch.Tensor]
 
-#: ImageNet mean and std used by OpenDlign's loaders (spec section 10, item 8).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Largest ``depth_bins`` that may use the (centre code, neighbour code) table path; it is used
 #: when the table also fits in :data:`MAX_TABLE_BYTES` (B <= 10 with the default kernels).
@@ -197,13 +194,15 @@ def view_rotations(config: ProjectionConfig = ProjectionConfig()) -> np.ndarray:
     return np.stack([right, down, forward], axis=1)
 
 
-def views_to_images(views: torch.Tensor) -> torch.Tensor:
+def views_to_images(views: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """
-    Turn depth maps into ImageNet-normalised 3-channel images.
+    Turn depth maps into normalised 3-channel images (ImageNet statistics by default).
 
     :param views: (..., H, W) depth maps in [0, 1], e.g. (B, V, H, W).
-    :return: (..., 3, H, W) float32, channel c = ``(views - mean[c]) / std[c]`` with the ImageNet
-        mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225); same device.
+    :param mean: Per-channel mean (3 values).
+    :param std: Per-channel standard deviation (3 values).
+    :return: (..., 3, H, W) float32, channel c = ``(views - mean[c]) / std[c]``; same device.
     :raises TypeError: If ``views`` is not a floating-point tensor.
     :raises ValueError: If ``views`` has fewer than 2 dimensions.
     """
@@ -211,10 +210,10 @@ def views_to_images(views: torch.Tensor) -> torch.Tensor:
         raise TypeError(f'views must be a floating-point torch.Tensor, got {_describe(views)}')
     if views.dim() < 2:
         raise ValueError(f'views must be (..., H, W), got shape {tuple(views.shape)}')
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=views.device)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=views.device)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=views.device)
+    std_t = torch.tensor(std, dtype=torch.float32, device=views.device)
     x = views.to(torch.float32).unsqueeze(-3)
-    return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    return (x - mean_t.view(3, 1, 1)) / std_t.view(3, 1, 1)
 
 
 def save_views_png(views: PointsLike, path: Union[str, Path], ncols: int = 5) -> Path:

@@ -47,8 +47,14 @@ from torch import nn
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from opendlign_core.config import ClassifierConfig, ModelConfig, OpenDlignConfig
-from opendlign_core.model import IMAGENET_MEAN, IMAGENET_STD, DepthCLIP, create_depth_clip
+from opendlign_core.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassifierConfig,
+    ModelConfig,
+    OpenDlignConfig,
+)
+from opendlign_core.model import DepthCLIP, create_depth_clip
 
 _logger = logging.getLogger('opendlign.finetune')
 
