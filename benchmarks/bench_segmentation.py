@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE',
                    help='SegmentationConfig overrides, e.g. voxel_size=0.05')
     p.add_argument('--json', type=Path, default=None, help='write the numbers here')
+    p.add_argument('--no-colors', action='store_true',
+                   help="segment from geometry alone (ignore the scenes' colours)")
     p.add_argument('--skip-speed', action='store_true')
     return p.parse_args(argv)
 
@@ -60,16 +62,17 @@ def _config(overrides) -> SegmentationConfig:
     return update_dataclass(SegmentationConfig(), values)
 
 
-def evaluate_scene(scene, cfg: SegmentationConfig) -> dict:
+def evaluate_scene(scene, cfg: SegmentationConfig, use_colors: bool = True) -> dict:
     """
     Segment one scene and score it against its instances.
 
     :param scene: A :class:`opendlign_core.scannet.ScanNetScene`.
     :param cfg: Segmentation settings.
+    :param use_colors: Pass the scene's colours (when it has them) to the segmentation.
     :return: Counts and timings.
     """
     t0 = time.perf_counter()
-    res = segment_scene(scene.points, cfg)
+    res = segment_scene(scene.points, cfg, colors=scene.colors if use_colors else None)
     elapsed = time.perf_counter() - t0
     objects = [i for i in scene.instances if not i.is_structure and i.box is not None]
     boxes = [fit_aabb(scene.points[c]) for c in res.clusters]
@@ -90,23 +93,26 @@ def evaluate_scene(scene, cfg: SegmentationConfig) -> dict:
             'missed25': missed}
 
 
-def speed_300k(cfg: SegmentationConfig, scene, repeats: int = 5) -> dict:
+def speed_300k(cfg: SegmentationConfig, scene, repeats: int = 5,
+               use_colors: bool = True) -> dict:
     """
     Time the segmentation of a 300k-point cloud drawn from a scene.
 
     :param cfg: Segmentation settings.
     :param scene: Source scene (resampled to exactly 300k points).
     :param repeats: Timed runs after one warm-up.
+    :param use_colors: Pass the scene's colours (when it has them).
     :return: Median and max seconds.
     """
     rng = np.random.default_rng(0)
     idx = rng.choice(len(scene.points), 300_000, replace=len(scene.points) < 300_000)
     pts = scene.points[idx] + rng.normal(0, 0.002, size=(300_000, 3)).astype(np.float32)
-    segment_scene(pts, cfg)
+    cols = scene.colors[idx] if use_colors and scene.colors is not None else None
+    segment_scene(pts, cfg, colors=cols)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        res = segment_scene(pts, cfg)
+        res = segment_scene(pts, cfg, colors=cols)
         times.append(time.perf_counter() - t0)
     return {'median_s': float(np.median(times)), 'max_s': float(np.max(times)),
             'stages_ms': {k: round(v, 1) for k, v in res.timings_ms.items()}}
@@ -150,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
         print(f'generating {args.count} {args.split} scenes into {folder} ...', flush=True)
         write_synth_scenes(folder, args.split, args.count, args.seed)
     scenes = [read_scannet_scene(d) for d in list_scenes(folder)[:args.count]]
-    rows = [evaluate_scene(s, cfg) for s in scenes]
+    rows = [evaluate_scene(s, cfg, not args.no_colors) for s in scenes]
     total = sum(r['objects'] for r in rows)
     summary = {
         'scenes': len(rows), 'objects': total,
@@ -164,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
         'missed@0.25': sorted(m for r in rows for m in r['missed25']),
     }
     if not args.skip_speed:
-        summary['speed_300k'] = speed_300k(cfg, scenes[0])
+        summary['speed_300k'] = speed_300k(cfg, scenes[0], use_colors=not args.no_colors)
         summary['malformed'] = malformed(cfg)
     print(json.dumps(summary, indent=1))
     if args.json:

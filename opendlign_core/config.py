@@ -199,6 +199,9 @@ class SegmentationConfig:
     horizontal_tolerance_deg: float = 10.0
     #: Largest angle between a plane and the vertical for the plane to count as a wall, degrees.
     vertical_tolerance_deg: float = 10.0
+    #: Yaw range searched around a RANSAC wall normal for the densest wall line, degrees
+    #: (fused walls come out of RANSAC 1-2 degrees off, which over 5 m leaves half a wall out).
+    wall_yaw_search_deg: float = 3.0
     #: Remove the floor plane (horizontal, almost nothing below it).
     remove_floor: bool = True
     #: Remove a ceiling plane (horizontal, almost nothing above it).
@@ -253,6 +256,12 @@ class SegmentationConfig:
     relief_front: float = 0.21
     #: Points up to this far behind a wall belong to its height map and its regions, metres.
     relief_back: float = 0.1
+    #: Smallest per-cell colour distance from the wall's own colour for a cell to count as part
+    #: of a flush object (0-255 RGB units; used only when colours are given, 0 disables).
+    relief_min_color: float = 30.0
+    #: Largest colour distance between neighbouring wall-map cells of one object (0-255 RGB
+    #: units; colours given only): proud cells of different colours become different objects.
+    relief_color_link: float = 25.0
     #: Smallest area of a proud region, square metres.
     relief_min_area: float = 0.03
     #: Largest fraction of a region's voxels within ``cluster_distance`` of voxels just in
@@ -270,6 +279,8 @@ class SegmentationConfig:
         for name in ('plane_iterations', 'min_plane_voxels', 'dbscan_min_points',
                      'split_min_points', 'ransac_max_points', 'max_voxels'):
             _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
+        _check(0 <= self.wall_yaw_search_deg < 45, 'wall_yaw_search_deg',
+               self.wall_yaw_search_deg, 'in [0, 45)')
         for name in ('horizontal_tolerance_deg', 'vertical_tolerance_deg'):
             _check(0 < getattr(self, name) < 45, name, getattr(self, name), 'in (0, 45)')
         _check(0 <= self.max_outside_fraction < 1, 'max_outside_fraction',

@@ -170,6 +170,8 @@ def _remove_structure(vox: np.ndarray, weights: np.ndarray, cfg: SegmentationCon
             if (back <= cfg.max_outside_fraction and length >= cfg.wall_min_length
                     and height >= cfg.wall_min_height):
                 kind = 'wall'
+        logger.debug('plane n=%s d=%.3f inliers=%d -> %s', np.round(normal, 3), offset,
+                     len(inliers), kind or 'kept')
         if kind is None:
             candidate[inliers] = False
             continue
@@ -187,18 +189,7 @@ def _snap_plane(vox: np.ndarray, normal: np.ndarray, offset: float, cfg: Segment
     if abs(normal[2]) >= cos_h:
         normal = np.array([0.0, 0.0, 1.0])
     elif abs(normal[2]) <= sin_v:
-        normal = np.array([normal[0], normal[1], 0.0])
-        normal /= np.linalg.norm(normal)
-        for _ in range(2):
-            near = np.abs(vox @ normal + offset) < 0.5 * cfg.plane_distance
-            if near.sum() < 3:
-                break
-            xy = vox[near, :2]
-            centre = xy.mean(axis=0)
-            _, _, vt = np.linalg.svd(xy - centre, full_matrices=False)
-            n2 = vt[1] if np.dot(vt[1], normal[:2]) >= 0 else -vt[1]
-            normal = np.array([n2[0], n2[1], 0.0])
-            offset = -float(n2 @ centre)
+        normal, offset = _level_wall(vox, normal, offset, cfg)
     else:
         return normal, offset
     for band in (cfg.plane_distance, 0.5 * cfg.plane_distance):
@@ -208,6 +199,36 @@ def _snap_plane(vox: np.ndarray, normal: np.ndarray, offset: float, cfg: Segment
             break
         offset -= float(np.median(dist[near]))
     return normal, offset
+
+
+def _level_wall(vox: np.ndarray, normal: np.ndarray, offset: float,
+                cfg: SegmentationConfig) -> tuple[np.ndarray, float]:
+    # RANSAC and least-squares normals of a noisy fused wall are often 1-2 degrees off, which
+    # over a 5 m wall leaves half of it beyond the inlier band. Search the yaw (within
+    # cfg.wall_yaw_search_deg, to 0.1 degree) whose densest band of width plane_distance
+    # holds the most voxels: the wall is the densest line of the top view.
+    h = np.hypot(normal[0], normal[1])
+    base = math.atan2(normal[1] / h, normal[0] / h)
+    offset = offset / h
+    near = vox[np.abs(vox[:, :2] @ (normal[:2] / h) + offset) < 4 * cfg.plane_distance, :2]
+    unit = np.array([math.cos(base), math.sin(base), 0.0])
+    if len(near) < 3:
+        return unit, offset
+    width = cfg.plane_distance
+    best = (-1, base, offset)
+    # Coarse 0.5 degree steps over the range, then 0.1 degree steps around the best.
+    for step, reach in ((0.5, cfg.wall_yaw_search_deg), (0.1, 0.4)):
+        centre = best[1]
+        num = int(round(reach / step))
+        for a in centre + np.radians(step * np.arange(-num, num + 1)):
+            dist = np.sort(near @ np.array([math.cos(a), math.sin(a)]))
+            # Most values inside any window [d, d + width]: slide over the sorted values.
+            inside = np.searchsorted(dist, dist + width, side='right') - np.arange(len(dist))
+            k = int(np.argmax(inside))
+            if inside[k] > best[0]:
+                best = (int(inside[k]), a, -float(dist[k] + 0.5 * width))
+    _, a, offset = best
+    return np.array([math.cos(a), math.sin(a), 0.0]), offset
 
 
 def _check_cloud(points: np.ndarray) -> np.ndarray:
@@ -220,7 +241,7 @@ def _check_cloud(points: np.ndarray) -> np.ndarray:
 
 
 def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationConfig(),
-                  seed: int = 0) -> SegmentationResult:
+                  seed: int = 0, colors: np.ndarray | None = None) -> SegmentationResult:
     """
     Segment a scene cloud into object clusters.
 
@@ -241,6 +262,10 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
     finite = np.isfinite(pts).all(axis=1)
     valid = np.flatnonzero(finite) if not finite.all() else None
     work = pts[valid] if valid is not None else pts
+    cols = None
+    if colors is not None:
+        cols = _check_colors(colors, n)
+        cols = cols[valid] if valid is not None else cols
     if len(work) == 0:
         return SegmentationResult(labels, (), (), 0, {'total': 0.0})
     voxel = config.voxel_size
@@ -255,7 +280,7 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
     removed, planes = _remove_structure(vox, counts.astype(np.float64), config, seed)
     t2 = time.perf_counter()
     walls = [p for p in planes if p.kind == 'wall']
-    relief = (wall_relief_regions(work, inverse, vox, planes, config)
+    relief = (wall_relief_regions(work, inverse, vox, planes, config, cols)
               if config.wall_relief and walls else [])
     claimed = np.zeros(len(vox), bool)
     for region in relief:
@@ -298,7 +323,8 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
 
 
 def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray,
-                        planes: Sequence[Plane], cfg: SegmentationConfig) -> list[np.ndarray]:
+                        planes: Sequence[Plane], cfg: SegmentationConfig,
+                        colors: np.ndarray | None = None) -> list[np.ndarray]:
     """
     Find objects standing slightly proud of removed walls (doors, windows, pictures).
 
@@ -352,13 +378,27 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
         sizes = np.diff(np.r_[starts, len(fs)])
         med = d[order][starts + sizes // 2]
         cells = fs[starts]
-        level = _robust_level(cells // shape[1], cells % shape[1], med, sizes, cfg)
+        iu, iz = cells // shape[1], cells % shape[1]
+        level = _robust_level(iu, iz, med, sizes, cfg, (0.05, 0.02, 0.01))
         raw = np.zeros(shape)
         raw.flat[cells] = med - level
         height = ndimage.median_filter(raw, size=3, mode='constant')
-        regions, num = ndimage.label(height > cfg.relief_min_height, structure)
+        proud = height > cfg.relief_min_height
         # A region's own cells: its grown cells that stand proud before the smoothing too.
         raw_proud = raw > 0.5 * cfg.relief_min_height
+        color = None
+        if colors is not None and cfg.relief_min_color > 0:
+            # Flush objects (doors, pictures) differ from the wall in colour, not in depth.
+            color, color_off = _wall_color_map(np.asarray(colors[pidx], np.float64), flat,
+                                               cells, sizes, shape, raw, cfg)
+            proud |= ndimage.median_filter(color_off, size=3, mode='constant') \
+                > cfg.relief_min_color
+            raw_proud |= color_off > 0.5 * cfg.relief_min_color
+            # Neighbouring proud cells of different colours are different objects.
+            regions = _color_segments(proud, color, cfg.relief_color_link)
+            num = int(regions.max())
+        else:
+            regions, num = ndimage.label(proud, structure)
         if num == 0:
             continue
         area = np.bincount(regions.ravel(), minlength=num + 1) * cell * cell
@@ -372,6 +412,9 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
         front_tree = cKDTree(vox[front]) if len(front) else None
         for r in np.flatnonzero(area[1:] >= cfg.relief_min_area) + 1:
             grown = ndimage.binary_dilation(regions == r, structure) & raw_proud
+            if color is not None:
+                ref = np.median(color[regions == r], axis=0)
+                grown &= np.linalg.norm(color - ref, axis=-1) < cfg.relief_color_link
             members = idx[grown.flat[vflat]]
             members = members[~taken[members]]
             if not len(members):
@@ -381,6 +424,8 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
                 touch = float(np.mean(np.isfinite(dd)))
             else:
                 touch = 0.0
+            logger.debug('wall %d region %d: %.2f m2, %d voxels, touch %.3f', i, r, area[r],
+                         len(members), touch)
             if touch > cfg.relief_max_touch:
                 continue
             taken[members] = True
@@ -388,20 +433,97 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
     return out
 
 
+def _wall_color_map(colors: np.ndarray, flat: np.ndarray, cells: np.ndarray, sizes: np.ndarray,
+                    shape: np.ndarray, height: np.ndarray,
+                    cfg: SegmentationConfig) -> tuple[np.ndarray, np.ndarray]:
+    # Mean colour per cell (empty cells take their occupied neighbours' mean), and each cell's
+    # colour distance from the wall's own colour. The wall is the largest colour-connected
+    # segment of flush cells; its colour is a plane in (along, up) so that shading gradients
+    # along the wall do not count as objects.
+    inv_cell = np.searchsorted(cells, flat)
+    mean = np.stack([np.bincount(inv_cell, weights=colors[:, c], minlength=len(cells))
+                     for c in range(3)], axis=1) / sizes[:, None]
+    occupied = np.zeros(shape, bool)
+    occupied.flat[cells] = True
+    grid = np.zeros((*shape, 3))
+    grid.reshape(-1, 3)[cells] = mean
+    near = ndimage.uniform_filter(occupied.astype(np.float64), size=3, mode='constant')
+    filled = np.stack([ndimage.uniform_filter(grid[..., c], size=3, mode='constant')
+                       for c in range(3)], axis=-1) / np.maximum(near, 1e-9)[..., None]
+    grid = np.where(occupied[..., None], grid, filled)
+    seg = _color_segments(occupied, grid, cfg.relief_color_link)
+    flush = occupied & (np.abs(height) < cfg.relief_min_height)
+    votes = np.bincount(seg[flush], minlength=int(seg.max()) + 1)
+    votes[0] = 0
+    iu, iz = cells // shape[1], cells % shape[1]
+    design = np.c_[np.ones(len(cells)), iu * cfg.relief_cell, iz * cfg.relief_cell]
+    on_wall = seg.flat[cells] == int(votes.argmax()) if votes.any() else np.ones(len(cells), bool)
+    off = np.zeros(len(cells))
+    for _ in range(2):
+        if on_wall.sum() < 3:
+            break
+        coef, *_ = np.linalg.lstsq(design[on_wall], mean[on_wall], rcond=None)
+        off = np.linalg.norm(mean - design @ coef, axis=1)
+        on_wall = off < cfg.relief_min_color
+    color_off = np.zeros(shape)
+    color_off.flat[cells] = off
+    return grid, color_off
+
+
+def _color_segments(mask: np.ndarray, grid: np.ndarray, link: float) -> np.ndarray:
+    """
+    Label the 8-connected components of ``mask`` linked where neighbours' colours are close.
+
+    Two neighbouring cells of ``mask`` are linked when their colours differ by less than
+    ``link``.
+
+    :param mask: (H, W) bool cells to label.
+    :param grid: (H, W, 3) colour per cell.
+    :param link: Largest colour distance linking two neighbours.
+    :return: (H, W) int64 labels, 0 outside ``mask``, 1.. for the components.
+    """
+    h, w = mask.shape
+    ids = np.arange(h * w).reshape(h, w)
+    rows, cols = [], []
+    for di, dj in ((1, 0), (0, 1), (1, 1), (1, -1)):
+        a = (slice(0, h - di), slice(max(0, -dj), w - max(0, dj)))
+        b = (slice(di, h), slice(max(0, dj), w - max(0, -dj)))
+        ok = mask[a] & mask[b] & (np.linalg.norm(grid[a] - grid[b], axis=-1) < link)
+        rows.append(ids[a][ok])
+        cols.append(ids[b][ok])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(h * w, h * w))
+    _, comp = connected_components(graph, directed=False)
+    comp = comp.reshape(h, w)
+    _, dense = np.unique(np.where(mask, comp, -1), return_inverse=True)
+    dense = dense.reshape(h, w)
+    # ``dense`` is 0 for the -1 (outside) entry when any cell lies outside the mask.
+    return np.where(mask, dense + (0 if (~mask).any() else 1), 0).astype(np.int64)
+
+
 def _robust_level(iu: np.ndarray, iz: np.ndarray, med: np.ndarray, sizes: np.ndarray,
-                  cfg: SegmentationConfig) -> np.ndarray:
+                  cfg: SegmentationConfig, tols: Sequence[float]) -> np.ndarray:
     # Planar fit med ~ a + b u + c z over the cells, refitted on the cells near the fit so that
     # objects proud of the wall do not pull it.
     a = np.c_[np.ones(len(med)), iu * cfg.relief_cell, iz * cfg.relief_cell]
     use = sizes >= 3
     level = np.full(len(med), float(np.median(med[use])) if use.any() else 0.0)
-    for tol in (0.05, 0.02, 0.01):
+    for tol in tols:
         fit = use & (np.abs(med - level) < tol)
         if fit.sum() < 10:
             break
         coef, *_ = np.linalg.lstsq(a[fit], med[fit], rcond=None)
         level = a @ coef
     return level
+
+
+def _check_colors(colors: np.ndarray, n: int) -> np.ndarray:
+    cols = np.asarray(colors)
+    if cols.shape != (n, 3):
+        raise ValueError(f'colors must have shape ({n}, 3) to match the points, got {cols.shape}')
+    if not np.issubdtype(cols.dtype, np.number):
+        raise TypeError(f'colors must be numeric, got dtype {cols.dtype}')
+    return cols
 
 
 def _group_indices(labels: np.ndarray, num: int) -> tuple[np.ndarray, ...]:
