@@ -262,6 +262,9 @@ class SegmentationConfig:
     #: Largest colour distance between neighbouring wall-map cells of one object (0-255 RGB
     #: units; colours given only): proud cells of different colours become different objects.
     relief_color_link: float = 25.0
+    #: Smallest share of a wall map's cells in the back-most layer taken as the wall itself
+    #: (a large window or door in front of it may hold more).
+    relief_wall_share: float = 0.2
     #: Smallest area of a proud region, square metres.
     relief_min_area: float = 0.03
     #: Largest fraction of a region's voxels within ``cluster_distance`` of voxels just in
@@ -288,6 +291,8 @@ class SegmentationConfig:
         _check(self.merge_max_gap >= 0, 'merge_max_gap', self.merge_max_gap, '>= 0')
         for name in ('relief_min_height', 'relief_min_area'):
             _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+        _check(0 < self.relief_wall_share <= 1, 'relief_wall_share', self.relief_wall_share,
+               'in (0, 1]')
         _check(0 <= self.relief_max_touch <= 1, 'relief_max_touch', self.relief_max_touch,
                'in [0, 1]')
         _check(0 < self.merge_min_overlap <= 1, 'merge_min_overlap', self.merge_min_overlap,

@@ -138,7 +138,7 @@ def _remove_structure(vox: np.ndarray, weights: np.ndarray, cfg: SegmentationCon
         normal = np.asarray(model[:3], float)
         normal /= np.linalg.norm(normal)
         offset = float(model[3]) / np.linalg.norm(np.asarray(model[:3], float))
-        normal, offset = _snap_plane(vox[idx], normal, offset, cfg, cos_h, sin_v)
+        normal, offset = _snap_plane(vox[idx], vox[~removed], normal, offset, cfg, cos_h, sin_v)
         inliers = idx[np.abs(vox[idx] @ normal + offset) < cfg.plane_distance]
         if len(inliers) < cfg.min_plane_voxels:
             break
@@ -181,11 +181,13 @@ def _remove_structure(vox: np.ndarray, weights: np.ndarray, cfg: SegmentationCon
     return removed, planes
 
 
-def _snap_plane(vox: np.ndarray, normal: np.ndarray, offset: float, cfg: SegmentationConfig,
-                cos_h: float, sin_v: float) -> tuple[np.ndarray, float]:
+def _snap_plane(vox: np.ndarray, alive: np.ndarray, normal: np.ndarray, offset: float,
+                cfg: SegmentationConfig, cos_h: float, sin_v: float) -> tuple[np.ndarray, float]:
     # In a gravity-aligned frame floors are horizontal and walls vertical: snap near-horizontal
-    # and near-vertical normals exactly, then place the plane at the median of a tight band, so
-    # that objects standing close to a wall cannot tilt it into themselves.
+    # and near-vertical normals exactly (walls by a yaw search over the candidate voxels
+    # ``vox``), then place the plane at the median of a tight band of all ``alive`` voxels, so
+    # that objects standing close to a wall cannot tilt it into themselves and a wall whose
+    # front was taken by an earlier rejected plane (a large window) is not placed behind.
     if abs(normal[2]) >= cos_h:
         normal = np.array([0.0, 0.0, 1.0])
     elif abs(normal[2]) <= sin_v:
@@ -193,7 +195,7 @@ def _snap_plane(vox: np.ndarray, normal: np.ndarray, offset: float, cfg: Segment
     else:
         return normal, offset
     for band in (cfg.plane_distance, 0.5 * cfg.plane_distance):
-        dist = vox @ normal + offset
+        dist = alive @ normal + offset
         near = np.abs(dist) < band
         if near.sum() < 3:
             break
@@ -379,7 +381,7 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
         med = d[order][starts + sizes // 2]
         cells = fs[starts]
         iu, iz = cells // shape[1], cells % shape[1]
-        level = _robust_level(iu, iz, med, sizes, cfg, (0.05, 0.02, 0.01))
+        level = _robust_level(iu, iz, med, sizes, cfg)
         raw = np.zeros(shape)
         raw.flat[cells] = med - level
         height = ndimage.median_filter(raw, size=3, mode='constant')
@@ -502,13 +504,23 @@ def _color_segments(mask: np.ndarray, grid: np.ndarray, link: float) -> np.ndarr
 
 
 def _robust_level(iu: np.ndarray, iz: np.ndarray, med: np.ndarray, sizes: np.ndarray,
-                  cfg: SegmentationConfig, tols: Sequence[float]) -> np.ndarray:
-    # Planar fit med ~ a + b u + c z over the cells, refitted on the cells near the fit so that
-    # objects proud of the wall do not pull it.
+                  cfg: SegmentationConfig) -> np.ndarray:
+    # The wall is the back-most layer of the map holding at least cfg.relief_wall_share of its
+    # cells: RANSAC may have put the plane on a large window or door just in front of it. A
+    # planar fit med ~ a + b u + c z over that layer's cells, refitted on the cells near the
+    # fit, then follows the slight tilt of fused walls without being pulled by proud objects.
     a = np.c_[np.ones(len(med)), iu * cfg.relief_cell, iz * cfg.relief_cell]
     use = sizes >= 3
-    level = np.full(len(med), float(np.median(med[use])) if use.any() else 0.0)
-    for tol in tols:
+    level = np.zeros(len(med))
+    if use.sum() >= 10:
+        vals = np.sort(med[use])
+        # Cells within +-1 cm of each value, back to front; the first layer dense enough wins.
+        layer = np.searchsorted(vals, vals + 0.01, side='right') - np.searchsorted(
+            vals, vals - 0.01, side='left')
+        dense = np.flatnonzero(layer >= cfg.relief_wall_share * len(vals))
+        if len(dense):
+            level[:] = vals[dense[0]]
+    for tol in (0.015, 0.01):
         fit = use & (np.abs(med - level) < tol)
         if fit.sum() < 10:
             break

@@ -6,6 +6,8 @@ import pytest
 from opendlign_core.config import SegmentationConfig
 from opendlign_core.pointcloud import to_z_up, up_rotation
 from opendlign_core.segmentation import (
+    _color_segments,
+    _level_wall,
     euclidean_clusters,
     merge_stacked_parts,
     segment_scene,
@@ -220,3 +222,108 @@ def test_wall_relief_plain_wall_gives_nothing():
     pts, _ = _wall_scene(rng, panel=False)
     res = segment_scene(pts)
     assert res.clusters == ()
+
+
+def _colored_wall_scene(rng, panels):
+    """Floor 4 x 4 m and a grey wall at y = 4 (2.5 m high, +-2 cm depth noise, brightness
+    shading 0.85-1.0 with height). ``panels`` are (x0, x1, z1, proud_m, rgb): flush or proud
+    rectangles on the wall from the floor up to z1. Returns points, colours, panel indices."""
+    floor = np.c_[rng.uniform(0, 4, (30000, 2)), rng.normal(0, 0.005, 30000)]
+    wall = np.c_[rng.uniform(0, 4, 60000), np.zeros(60000), rng.uniform(0, 2.5, 60000)]
+    col = np.tile([150.0, 150.0, 150.0], (len(wall), 1))
+    members = []
+    for x0, x1, z1, proud, rgb in panels:
+        on = (wall[:, 0] > x0) & (wall[:, 0] < x1) & (wall[:, 2] < z1)
+        wall[on, 1] = -proud
+        col[on] = rgb
+        members.append(len(floor) + np.flatnonzero(on))
+    col *= 0.85 + 0.15 * wall[:, 2:3] / 2.5
+    wall[:, 1] += 4.0 + rng.normal(0, 0.02, len(wall))
+    colors = np.vstack([np.full((len(floor), 3), 90.0), col]) + rng.normal(0, 6, (90000, 3))
+    pts = np.vstack([floor, wall]).astype(np.float32)
+    return pts, np.clip(colors, 0, 255).astype(np.uint8), members
+
+
+def test_flush_door_found_by_colour_only():
+    rng = np.random.default_rng(11)
+    pts, colors, (door,) = _colored_wall_scene(rng, [(1.5, 2.4, 2.0, 0.0, (150, 100, 40))])
+    res = segment_scene(pts, colors=colors)
+    assert len(res.clusters) == 1
+    lo, hi = pts[res.clusters[0]].min(axis=0), pts[res.clusters[0]].max(axis=0)
+    np.testing.assert_allclose([lo[0], hi[0], hi[2]], [1.5, 2.4, 2.0], atol=0.06)
+    assert np.isin(door, res.clusters[0]).mean() > 0.8
+    # Depth alone cannot see a flush door.
+    assert segment_scene(pts).clusters == ()
+    # Colour off (relief_min_color = 0) behaves like no colours.
+    assert segment_scene(pts, SegmentationConfig(relief_min_color=0), colors=colors).clusters == ()
+
+
+def test_adjacent_flush_panels_of_different_colours_are_split():
+    rng = np.random.default_rng(12)
+    pts, colors, panels = _colored_wall_scene(
+        rng, [(1.0, 1.8, 2.0, 0.0, (200, 60, 60)), (1.8, 2.6, 1.2, 0.0, (60, 60, 200))])
+    res = segment_scene(pts, colors=colors)
+    assert len(res.clusters) == 2
+    for members in panels:
+        share = [np.isin(members, c).mean() for c in res.clusters]
+        assert max(share) > 0.8
+    assert all(np.isin(res.clusters[0], p).mean() > 0.9 or np.isin(res.clusters[1], p).mean()
+               > 0.9 for p in panels)
+
+
+def test_shaded_plain_wall_with_colours_gives_nothing():
+    rng = np.random.default_rng(13)
+    pts, colors, _ = _colored_wall_scene(rng, [])
+    assert segment_scene(pts, colors=colors).clusters == ()
+
+
+def test_wide_window_in_front_of_wall_is_the_object_not_the_wall():
+    # A 2.6 m wide panel 4 cm proud covers most of the wall: RANSAC puts the plane on it, the
+    # relief map must still take the wall behind as its level and report the panel.
+    rng = np.random.default_rng(14)
+    pts, colors, (panel,) = _colored_wall_scene(rng, [(0.6, 3.2, 2.2, 0.04, (170, 80, 170))])
+    for cols in (colors, None):
+        res = segment_scene(pts, colors=cols)
+        assert len(res.clusters) == 1
+        assert np.isin(panel, res.clusters[0]).mean() > 0.8
+        assert np.isin(res.clusters[0], panel).mean() > 0.9
+
+
+def test_colors_must_match_points():
+    pts = np.zeros((10, 3), np.float32)
+    with pytest.raises(ValueError, match='colors'):
+        segment_scene(pts, colors=np.zeros((9, 3)))
+    with pytest.raises(TypeError, match='colors'):
+        segment_scene(pts, colors=np.full((10, 3), 'x'))
+
+
+def test_level_wall_recovers_a_tilted_wall():
+    # A 5 m wall whose true normal is 1.5 degrees off the RANSAC guess (x axis), 2 cm noise,
+    # and a cabinet face 30 cm in front of part of it.
+    rng = np.random.default_rng(15)
+    yaw = np.radians(1.5)
+    t = rng.uniform(0, 5, 20000)
+    wall = np.c_[2.0 + rng.normal(0, 0.02, 20000), t, rng.uniform(0, 2.5, 20000)]
+    rot = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
+    wall = wall @ rot.T
+    cabinet = np.c_[np.full(3000, 1.7), rng.uniform(1, 2, 3000), rng.uniform(0, 1, 3000)]
+    vox = np.vstack([wall, cabinet @ rot.T])
+    normal, offset = _level_wall(vox, np.array([1.0, 0.0, 0.0]), -2.0, SegmentationConfig())
+    assert normal[2] == 0
+    assert abs(np.degrees(np.arctan2(normal[1], normal[0])) - 1.5) < 0.15
+    np.testing.assert_allclose(rot[:, 0] @ normal * 2.0 + offset, 0.0, atol=0.01)
+
+
+def test_color_segments_hand_grid():
+    mask = np.array([[1, 1, 0, 1],
+                     [1, 1, 0, 1],
+                     [0, 0, 0, 1]], bool)
+    grid = np.zeros((3, 4, 3))
+    grid[:, 3] = 100.0
+    grid[1, 1] = 50.0  # breaks the link to its neighbours at link 40
+    labels = _color_segments(mask, grid, 40.0)
+    assert labels[~mask].tolist() == [0] * int((~mask).sum())
+    assert labels[0, 0] == labels[0, 1] == labels[1, 0] != labels[1, 1]
+    assert labels[0, 3] == labels[1, 3] == labels[2, 3]
+    assert len({labels[0, 0], labels[1, 1], labels[0, 3]}) == 3
+    assert labels.max() == 3
