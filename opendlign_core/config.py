@@ -253,7 +253,7 @@ class SegmentationConfig:
     #: Smallest per-cell median distance in front of the wall for a cell to stand proud, metres.
     relief_min_height: float = 0.02
     #: Points up to this far in front of a wall belong to its height map and its regions, metres.
-    relief_front: float = 0.21
+    relief_front: float = 0.3
     #: Points up to this far behind a wall belong to its height map and its regions, metres.
     relief_back: float = 0.1
     #: Smallest per-cell colour distance from the wall's own colour for a cell to count as part
@@ -262,6 +262,13 @@ class SegmentationConfig:
     #: Largest colour distance between neighbouring wall-map cells of one object (0-255 RGB
     #: units; colours given only): proud cells of different colours become different objects.
     relief_color_link: float = 25.0
+    #: Largest gap between the two posts of one window or door frame found as separate wall
+    #: regions, metres (0 disables joining posts).
+    relief_frame_span: float = 1.6
+    #: Largest width of a frame post, metres.
+    relief_post_width: float = 0.3
+    #: Smallest vertical overlap of two posts of one frame, as a share of the shorter post.
+    relief_post_overlap: float = 0.6
     #: Smallest share of a wall map's cells in the back-most layer taken as the wall itself
     #: (a large window or door in front of it may hold more).
     relief_wall_share: float = 0.2
@@ -289,6 +296,10 @@ class SegmentationConfig:
         _check(0 <= self.max_outside_fraction < 1, 'max_outside_fraction',
                self.max_outside_fraction, 'in [0, 1)')
         _check(self.merge_max_gap >= 0, 'merge_max_gap', self.merge_max_gap, '>= 0')
+        for name in ('relief_frame_span', 'relief_post_width'):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+        _check(0 < self.relief_post_overlap <= 1, 'relief_post_overlap', self.relief_post_overlap,
+               'in (0, 1]')
         for name in ('relief_min_height', 'relief_min_area'):
             _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
         _check(0 < self.relief_wall_share <= 1, 'relief_wall_share', self.relief_wall_share,

@@ -357,6 +357,7 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
     for i, wall in enumerate(planes):
         if wall.kind != 'wall':
             continue
+        found: list[tuple[np.ndarray, np.ndarray | None]] = []
         vdist = vox @ wall.normal + wall.offset
         band = (vdist > -cfg.relief_back) & (vdist < cfg.relief_front) & ~taken
         for j, near in enumerate(near_plane):
@@ -397,7 +398,7 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
                 > cfg.relief_min_color
             raw_proud |= color_off > 0.5 * cfg.relief_min_color
             # Neighbouring proud cells of different colours are different objects.
-            regions = _color_segments(proud, color, cfg.relief_color_link)
+            regions = _absorb_slivers(_color_segments(proud, color, cfg.relief_color_link))
             num = int(regions.max())
         else:
             regions, num = ndimage.label(proud, structure)
@@ -431,8 +432,64 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
             if touch > cfg.relief_max_touch:
                 continue
             taken[members] = True
-            out.append(members)
+            found.append((members, None if color is None else ref))
+        out.extend(_group_frame_posts(vox, found, along, cfg))
     return out
+
+
+def _group_frame_posts(vox: np.ndarray, regions: Sequence[tuple[np.ndarray, np.ndarray | None]],
+                       along: np.ndarray, cfg: SegmentationConfig) -> list[np.ndarray]:
+    """
+    Join the posts of one frame (window or door jambs) found as separate regions of a wall.
+
+    A window whose pane shows the wall or the outside is seen as its two side posts. Two
+    regions are posts of one frame when both are at most ``cfg.relief_post_width`` wide and at
+    least twice as tall as wide, their heights overlap by ``cfg.relief_post_overlap`` of the
+    shorter one (occlusion often hides part of a post), the gap between them is at most
+    ``cfg.relief_frame_span`` and (with colours) their colours differ by less than
+    ``cfg.relief_color_link``. Other regions of matching colour inside the joined frame grown by
+    ``cfg.relief_post_width`` (a sill, a rail) join it too.
+
+    :param vox: (M, 3) voxel centroids, metres.
+    :param regions: Per region its voxel indices and its colour (None without colours).
+    :param along: (3,) unit vector along the wall, horizontal.
+    :param cfg: Segmentation settings.
+    :return: The regions after joining (voxel-index arrays).
+    """
+    if not cfg.relief_frame_span or len(regions) < 2:
+        return [m for m, _ in regions]
+    lo = np.array([[(vox[m] @ along).min(), vox[m, 2].min()] for m, _ in regions])
+    hi = np.array([[(vox[m] @ along).max(), vox[m, 2].max()] for m, _ in regions])
+    size = hi - lo + cfg.voxel_size
+
+    def same_color(a: int, b: int) -> bool:
+        ca, cb = regions[a][1], regions[b][1]
+        return ca is None or cb is None or float(np.linalg.norm(ca - cb)) < cfg.relief_color_link
+
+    post = (size[:, 0] <= cfg.relief_post_width) & (size[:, 1] >= 2 * size[:, 0])
+    group = np.arange(len(regions))
+    for a in np.flatnonzero(post):
+        for b in np.flatnonzero(post):
+            if b <= a or group[b] != b:
+                continue
+            gap = max(lo[b, 0] - hi[a, 0], lo[a, 0] - hi[b, 0])
+            overlap = min(hi[a, 1], hi[b, 1]) - max(lo[a, 1], lo[b, 1]) + cfg.voxel_size
+            if (0 < gap <= cfg.relief_frame_span
+                    and overlap >= cfg.relief_post_overlap * min(size[a, 1], size[b, 1])
+                    and same_color(a, b)):
+                group[group == group[b]] = group[a]
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        if len(members) < 2:
+            continue
+        glo, ghi = lo[members].min(axis=0), hi[members].max(axis=0)
+        inside = (np.all(lo >= glo - cfg.relief_post_width, axis=1)
+                  & np.all(hi <= ghi + cfg.relief_post_width, axis=1))
+        for c in np.flatnonzero(inside & (group == np.arange(len(regions)))):
+            if c not in members and all(same_color(c, m) for m in members):
+                group[c] = g
+    return [np.concatenate([regions[k][0] for k in np.flatnonzero(group == g)])
+            for g in np.unique(group)]
 
 
 def _wall_color_map(colors: np.ndarray, flat: np.ndarray, cells: np.ndarray, sizes: np.ndarray,
@@ -470,6 +527,38 @@ def _wall_color_map(colors: np.ndarray, flat: np.ndarray, cells: np.ndarray, siz
     color_off = np.zeros(shape)
     color_off.flat[cells] = off
     return grid, color_off
+
+
+def _absorb_slivers(regions: np.ndarray) -> np.ndarray:
+    """
+    Give each sliver region to its largest neighbour.
+
+    Cells on an object's edge mix its colour with the wall's and form one-cell-wide regions of
+    their own along it. A region whose every cell lies within one cell (8-neighbourhood) of a
+    larger neighbouring region joins that region.
+
+    :param regions: (H, W) int64 labels, 0 for no region.
+    :return: The relabelled map (labels of absorbed regions become unused).
+    """
+    out = regions.copy()
+    structure = np.ones((3, 3), bool)
+    area = np.bincount(out.ravel())
+    for r in np.argsort(area, kind='stable'):
+        if r == 0 or area[r] == 0:
+            continue
+        mask = out == r
+        ring = ndimage.binary_dilation(mask, structure) & ~mask & (out > 0)
+        if not ring.any():
+            continue
+        neighbours = np.unique(out[ring])
+        best = int(neighbours[np.argmax(area[neighbours])])
+        if area[best] <= area[r]:
+            continue
+        if np.all(ndimage.binary_dilation(out == best, structure)[mask]):
+            out[mask] = best
+            area[best] += area[r]
+            area[r] = 0
+    return out
 
 
 def _color_segments(mask: np.ndarray, grid: np.ndarray, link: float) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 from opendlign_core.config import SegmentationConfig
 from opendlign_core.pointcloud import to_z_up, up_rotation
 from opendlign_core.segmentation import (
+    _absorb_slivers,
     _color_segments,
     _level_wall,
     euclidean_clusters,
@@ -327,3 +328,42 @@ def test_color_segments_hand_grid():
     assert labels[0, 3] == labels[1, 3] == labels[2, 3]
     assert len({labels[0, 0], labels[1, 1], labels[0, 3]}) == 3
     assert labels.max() == 3
+
+
+def test_window_posts_join_into_one_frame():
+    # A window seen only as its two side posts (12 cm wide, 1.1-1.4 m tall, 10 cm proud) 1 m
+    # apart: one object spanning both. Without joining: two.
+    rng = np.random.default_rng(16)
+    posts = [(1.0, 1.12, 2.0, 0.1, (90, 60, 40)), (2.0, 2.12, 2.0, 0.1, (90, 60, 40))]
+    pts, colors, members = _colored_wall_scene(rng, posts)
+    # Raise the posts' bottoms to 0.6 m and 0.9 m (a window above a sill line).
+    keep = np.ones(len(pts), bool)
+    keep[members[0][pts[members[0], 2] < 0.6]] = False
+    keep[members[1][pts[members[1], 2] < 0.9]] = False
+    # Those points go back onto the wall plane (the wall is there below the window).
+    for m in members:
+        low = m[~keep[m]]
+        pts[low, 1] = 4.0 + rng.normal(0, 0.02, len(low))
+        colors[low] = (150 * (0.85 + 0.15 * pts[low, 2:3] / 2.5)).astype(np.uint8)
+    res = segment_scene(pts, colors=colors)
+    assert len(res.clusters) == 1
+    box = pts[res.clusters[0]]
+    np.testing.assert_allclose([box[:, 0].min(), box[:, 0].max()], [1.0, 2.12], atol=0.06)
+    for cols in (colors, None):
+        apart = segment_scene(pts, SegmentationConfig(relief_frame_span=0), colors=cols)
+        assert len(apart.clusters) == 2
+        assert len(segment_scene(pts, colors=cols).clusters) == 1
+
+
+def test_absorb_slivers_hand_grid():
+    # Region 1: a 3 x 3 block; region 2: the one-cell column along its right edge (a mixed-
+    # colour edge); region 3: a 2 x 2 block two cells away (a separate object).
+    grid = np.zeros((5, 9), np.int64)
+    grid[1:4, 1:4] = 1
+    grid[1:4, 4] = 2
+    grid[1:3, 6:8] = 3
+    out = _absorb_slivers(grid)
+    assert (out[1:4, 1:5] == 1).all()
+    assert (out[1:3, 6:8] == 3).all()
+    assert (out == 2).sum() == 0
+    assert (out[grid == 0] == 0).all()
