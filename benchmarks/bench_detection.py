@@ -103,6 +103,7 @@ def main(args: argparse.Namespace) -> int:
     idx = rng.choice(len(scene.points), args.points, replace=len(scene.points) < args.points)
     pts = (scene.points[idx]
            + rng.normal(0, 0.002, (args.points, 3))).astype(np.float32)
+    colors = scene.colors[idx] if scene.colors is not None else None
 
     model_cfg = ModelConfig(model_name=args.model_name, weights_path=args.weights)
     model = create_depth_clip(model_cfg)
@@ -117,12 +118,12 @@ def main(args: argparse.Namespace) -> int:
     recorder = _Recorder(classifier)
     step = cfg.opendlign.classifier.batch_size
 
-    detector.detect(pts, label_set)  # warm-up (allocator, open3d, thread pools)
+    detector.detect(pts, label_set, colors=colors)  # warm-up (allocator, open3d, thread pools)
     totals, bares, stages, cpu_totals, cpu_bares = [], [], [], [], []
     for _ in range(args.repeats):
         recorder.views.clear()
         c0 = time.process_time()
-        res = detector.detect(pts, label_set)
+        res = detector.detect(pts, label_set, colors=colors)
         cpu_totals.append(1e3 * (time.process_time() - c0))
         totals.append(res.timings_ms['total'])
         stages.append(res.timings_ms)

@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument('--labels-per-object', type=int, default=1)
     parser.add_argument('--no-synonyms', action='store_true',
                         help='match class names alone (no DetectorConfig.label_synonyms)')
+    parser.add_argument('--no-colors', action='store_true',
+                        help="segment from geometry alone (ignore the scenes' colours)")
     parser.add_argument('--weights', default='bundled')
     parser.add_argument('--model-name', default=ModelConfig.model_name)
     parser.add_argument('--out', type=Path, default=Path('out/eval_det'))
@@ -55,12 +57,14 @@ def main() -> int:
         write_synth_scenes(roots[0], 'eval', args.count, args.seed)
     model = ModelConfig(model_name=args.model_name, weights_path=args.weights)
     config = DetectorConfig(opendlign=OpenDlignConfig(model=model),
-                            labels_per_object=args.labels_per_object)
+                            labels_per_object=args.labels_per_object,
+                            use_colors=not args.no_colors)
     if args.no_synonyms:
         config = replace(config, label_synonyms='')
     detector = Detector.from_config(config)
     print(f'model: {detector.classifier.model.source}; split {args.split}; '
-          f'labels_per_object {config.labels_per_object}; synonyms {bool(config.label_synonyms)}')
+          f'labels_per_object {config.labels_per_object}; synonyms {bool(config.label_synonyms)}; '
+          f'colours {config.use_colors}')
     labels = detector.encode_labels(list(SCANNET18_CLASSES))
     preds, best, gts, timings = {}, {}, {}, []
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +75,7 @@ def main() -> int:
             scene = read_scannet_scene(scene_dir)
             key = prefix + scene.scene_id
             t0 = time.perf_counter()
-            result = detector.detect(scene.points, labels)
+            result = detector.detect(scene.points, labels, colors=scene.colors)
             timings.append(time.perf_counter() - t0)
             preds[key] = [PredBox(d.label, d.score, d.box) for d in result.detections]
             best[key] = [PredBox(d.label, d.score, d.box) for d in result.detections

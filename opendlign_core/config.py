@@ -365,6 +365,10 @@ class DetectorConfig:
     #: detection with the same box (more recall for AP-style evaluation); 1 gives one label per
     #: object. Capped by ``opendlign.classifier.top_k``.
     labels_per_object: int = 1
+    #: Use the cloud's colours, when it has them, in the segmentation: doors, pictures and
+    #: windows flush with a wall differ from it only in colour (see
+    #: ``SegmentationConfig.relief_min_color``). False segments from geometry alone.
+    use_colors: bool = True
 
     def __post_init__(self) -> None:
         _check(self.up_axis in ('x', 'y', 'z', '-x', '-y', '-z'), 'up_axis', self.up_axis,

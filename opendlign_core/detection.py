@@ -133,20 +133,30 @@ class Detector:
                         templates=base.templates)
 
     def _prepare(self, points: np.ndarray, colors: Optional[np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         pts = np.asarray(points)
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise ValueError(f'points must have shape (N, 3), got {pts.shape}')
         if not np.issubdtype(pts.dtype, np.number):
             raise TypeError(f'points must be numeric, got dtype {pts.dtype}')
-        if colors is not None and len(np.asarray(colors)) != len(pts):
-            raise ValueError(f'colors has {len(np.asarray(colors))} rows for {len(pts)} points')
+        cols = None
+        if colors is not None:
+            cols = np.asarray(colors)
+            if cols.shape != pts.shape:
+                raise ValueError(f'colors must have shape {pts.shape} to match the points, '
+                                 f'got {cols.shape}')
+            if not np.issubdtype(cols.dtype, np.number):
+                raise TypeError(f'colors must be numeric (0-255 RGB), got dtype {cols.dtype}')
         index = np.flatnonzero(np.isfinite(pts).all(axis=1))
         if len(index) > self.config.max_points:
             rng = np.random.default_rng(self.config.seed)
             index = np.sort(rng.choice(index, self.config.max_points, replace=False))
         work = to_z_up(pts[index].astype(np.float32, copy=False), self.config.up_axis)
-        return work, index
+        if cols is not None and self.config.use_colors:
+            cols = cols[index]
+        else:
+            cols = None
+        return work, index, cols
 
     def _fit_box(self, pts: np.ndarray) -> Box3D:
         return fit_oriented_box(pts) if self.config.oriented_boxes else fit_aabb(pts)
@@ -199,16 +209,17 @@ class Detector:
 
         :param points: (N, 3) metres, ``config.up_axis`` up.
         :param label_set: Labels from :meth:`encode_labels`.
-        :param colors: Optional (N, 3) colours (checked, currently unused by the depth model).
+        :param colors: Optional (N, 3) RGB colours, 0-255, used by the segmentation when
+            ``config.use_colors`` (the depth model itself sees geometry only).
         :return: Detections by decreasing score and stage timings.
-        :raises ValueError: If ``points`` is not (N, 3) or ``colors`` does not match.
-        :raises TypeError: If ``points`` is not numeric.
+        :raises ValueError: If ``points`` is not (N, 3) or ``colors`` does not match it.
+        :raises TypeError: If ``points`` or ``colors`` is not numeric.
         """
         t_start = time.perf_counter()
         timings = {'segment': 0.0, 'project': 0.0, 'encode': 0.0, 'classify': 0.0}
-        work, index = self._prepare(points, colors)
+        work, index, cols = self._prepare(points, colors)
         t0 = time.perf_counter()
-        seg = segment_scene(work, self.config.segmentation, seed=self.config.seed)
+        seg = segment_scene(work, self.config.segmentation, seed=self.config.seed, colors=cols)
         clusters = [c for c in seg.clusters if len(c) >= self.config.min_points_per_object]
         clusters = clusters[:self.config.max_objects]
         boxes = [self._fit_box(work[c]) for c in clusters]
@@ -242,7 +253,7 @@ class Detector:
         :raises ValueError: If ``points`` is not (N, 3).
         :raises TypeError: If ``points`` is not numeric or a box is not a :class:`Box3D`.
         """
-        work, index = self._prepare(points, None)
+        work, index, _ = self._prepare(points, None)
         for b in boxes:
             if not isinstance(b, Box3D):
                 raise TypeError(f'boxes must be Box3D, got {type(b).__name__}')

@@ -260,6 +260,31 @@ def _ply_face_count(path: Path) -> int:
     return 0
 
 
+def load_point_colors(path: PathLike) -> Optional[np.ndarray]:
+    """
+    Load the per-point RGB colours of a point-cloud file, when it has them.
+
+    Only point files read by open3d (``.ply`` without faces, ``.pcd``) carry colours; meshes,
+    NumPy and text tables give None.
+
+    :param path: File path.
+    :return: (N, 3) uint8 RGB in the row order of :func:`load_point_cloud`, or None.
+    :raises FileNotFoundError: If ``path`` does not exist.
+    """
+    import open3d as o3d
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f'point-cloud file not found: {str(p)!r}')
+    suffix = p.suffix.lower()
+    if suffix not in ('.ply',) + _POINT_SUFFIXES or (suffix == '.ply' and _ply_face_count(p)):
+        return None
+    cloud = o3d.io.read_point_cloud(str(p))
+    if not cloud.has_colors():
+        return None
+    return np.clip(np.rint(np.asarray(cloud.colors) * 255), 0, 255).astype(np.uint8)
+
+
 def _read_open3d(path: Path) -> np.ndarray:
     import open3d as o3d
 

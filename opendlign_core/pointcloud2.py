@@ -15,6 +15,14 @@ Layout rules (REP-0104 / ``sensor_msgs/PointField``):
 * Multi-byte values are big-endian when ``is_bigendian`` is true, little-endian otherwise.
 * ``is_dense`` is only a hint; non-finite points are filtered here regardless.
 
+Colour (:func:`decode_xyz_rgb`, ``encode_xyz(..., colors=...)``) follows the PCL conventions:
+
+* a scalar ``rgb`` or ``rgba`` field (FLOAT32, UINT32 or INT32) whose 4 bytes are the packed
+  integer ``0x00RRGGBB`` / ``0xAARRGGBB``: a FLOAT32 field is reinterpreted bit for bit, never
+  converted by value; alpha is ignored;
+* or three scalar fields ``r``, ``g``, ``b``: UINT8 as is, FLOAT32/FLOAT64 as 0..1 scaled to
+  0..255, other integers clipped to 0..255.
+
 Every message is validated before its buffer is interpreted: the publisher side does not check
 the metadata, and a naive ``np.frombuffer`` silently returns a wrong point count.
 """
@@ -45,8 +53,23 @@ DATATYPES: Dict[int, Tuple[str, int]] = {
     FLOAT64: ('f8', 8),
 }
 
+#: PointField datatype constant -> its name, for error messages.
+_DATATYPE_NAMES: Dict[int, str] = {
+    INT8: 'INT8', UINT8: 'UINT8', INT16: 'INT16', UINT16: 'UINT16', INT32: 'INT32',
+    UINT32: 'UINT32', FLOAT32: 'FLOAT32', FLOAT64: 'FLOAT64',
+}
+
 #: Names of the coordinate fields that :func:`decode_xyz` reads, in output column order.
 XYZ = ('x', 'y', 'z')
+
+#: Names of a packed colour field (PCL convention), in the order :func:`decode_xyz_rgb` looks.
+PACKED_RGB = ('rgb', 'rgba')
+
+#: Datatypes a packed colour field may have: 4-byte values whose bits are the packed integer.
+PACKED_RGB_DATATYPES = (FLOAT32, UINT32, INT32)
+
+#: Names of separate colour channel fields, in output column order.
+RGB = ('r', 'g', 'b')
 
 Buffer = Union[bytes, bytearray, memoryview, Any]
 
@@ -185,6 +208,180 @@ def decode_xyz(
         non-scalar x/y/z field, ``row_step < width * point_step``, or
         ``len(data) != row_step * height``.
     """
+    points = _point_view(data, fields, point_step, width, height, row_step, is_bigendian,
+                         max_points)
+    xyz = _xyz_of(points)
+    if skip_nans:
+        finite = np.isfinite(xyz).all(axis=1)
+        if not finite.all():
+            xyz = xyz[finite]
+    return xyz
+
+
+def decode_xyz_rgb(
+    data: Buffer,
+    fields: Sequence[FieldSpec],
+    point_step: int,
+    width: int,
+    height: int,
+    row_step: int,
+    is_bigendian: bool = False,
+    skip_nans: bool = True,
+    max_points: Optional[int] = None,
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """
+    Decode the x, y, z coordinates and the colour of a PointCloud2 buffer.
+
+    The coordinates, the metadata checks and the buffer handling are those of
+    :func:`decode_xyz`. The colour comes from the first layout present, in this order:
+
+    * a scalar ``rgb``, else ``rgba``, field of datatype FLOAT32, UINT32 or INT32 whose 4 bytes
+      (in the buffer's byte order) are the packed integer ``0x00RRGGBB`` / ``0xAARRGGBB`` (PCL
+      convention: a FLOAT32 field is reinterpreted bit for bit, not converted by value); the
+      alpha byte is ignored;
+    * three scalar fields ``r``, ``g`` and ``b``: UINT8 values are used as is, FLOAT32/FLOAT64
+      values are intensities in 0..1 scaled by 255 (clipped to 0..255, NaN as 0, rounded to
+      the nearest integer, ties to even), other integer types are clipped to 0..255.
+
+    Other fields (``intensity``, ``ring``, ...) are ignored.
+
+    :param data: The message's ``data``; see :func:`decode_xyz`.
+    :param fields: The message's fields as :class:`FieldSpec`; must contain scalar ``x``, ``y``
+        and ``z`` of any datatype, and may contain one of the colour layouts above.
+    :param point_step: Bytes per point.
+    :param width: Points per row (``>= 1``).
+    :param height: Rows (``>= 1``; ``1`` for an unorganised cloud).
+    :param row_step: Bytes per row, ``>= width * point_step``.
+    :param is_bigendian: Byte order of the buffer's multi-byte values, colour included.
+    :param skip_nans: Drop points with any non-finite coordinate (NaN or infinity) from both
+        outputs; when false, return all ``width * height`` points in row-major order.
+    :param max_points: Reject clouds with more than this many points (``None``: no cap).
+    :return: ``(xyz, rgb)``: ``xyz`` is the ``(N, 3)`` float32 array :func:`decode_xyz`
+        returns; ``rgb`` is an ``(N, 3)`` uint8 array of red, green, blue (0..255) for the same
+        rows, or ``None`` when the cloud has no colour field. Both are fresh C-contiguous
+        arrays that do not alias ``data``.
+    :raises TypeError: If ``data`` does not expose a buffer or an attribute has the wrong type.
+    :raises ValueError: For the metadata errors of :func:`decode_xyz`, a colour field with
+        ``count > 1``, an ``rgb``/``rgba`` field whose datatype is not FLOAT32, UINT32 or INT32,
+        or only some of ``r``, ``g``, ``b`` present (without an ``rgb``/``rgba`` field).
+    """
+    points = _point_view(data, fields, point_step, width, height, row_step, is_bigendian,
+                         max_points)
+    colour_names = _colour_fields(fields)
+    xyz = _xyz_of(points)
+    rgb = None if colour_names is None else _rgb_of(points, colour_names)
+    if skip_nans:
+        finite = np.isfinite(xyz).all(axis=1)
+        if not finite.all():
+            xyz = xyz[finite]
+            rgb = None if rgb is None else rgb[finite]
+    return xyz, rgb
+
+
+def encode_xyz(
+    points: np.ndarray,
+    datatype: int = FLOAT32,
+    point_step: Optional[int] = None,
+    is_bigendian: bool = False,
+    colors: Optional[np.ndarray] = None,
+) -> Tuple[bytes, Tuple[FieldSpec, ...], int, int]:
+    """
+    Encode coordinates as an unorganised PointCloud2 buffer (``height == 1``, ``width == N``).
+
+    :param points: ``(N, 3)`` array of x, y, z (any real dtype; non-finite values are kept).
+    :param datatype: ``FLOAT32`` (7) or ``FLOAT64`` (8).
+    :param point_step: Bytes per point, ``>= 3 * sizeof(datatype)``, plus 4 with ``colors``;
+        extra bytes are zero padding. ``None`` means that minimum.
+    :param is_bigendian: Write multi-byte values big-endian (the packed colour included).
+    :param colors: Optional ``(N, 3)`` integer array of red, green, blue, each 0..255, for the
+        same rows as ``points``. Written as a FLOAT32 field ``rgb`` right after z (offset
+        ``3 * sizeof(datatype)``) whose bits are the packed integer ``0x00RRGGBB`` (PCL
+        convention; read it back with :func:`decode_xyz_rgb`).
+    :return: ``(data, fields, point_step, row_step)``; ``fields`` are x, y, z at offsets 0,
+        s, 2s for value size s, then ``rgb`` at 3s when ``colors`` is given, and
+        ``row_step == N * point_step``.
+    :raises TypeError: If ``points`` is not a real-valued array or ``colors`` is not an integer
+        array.
+    :raises ValueError: If ``points`` is not ``(N, 3)``, ``datatype`` is not a float type,
+        ``point_step`` is too small, or ``colors`` is not ``(N, 3)`` or has a value outside
+        0..255.
+    """
+    points = np.asarray(points)
+    if points.dtype.kind not in 'fiub':
+        raise TypeError(f'points must be a real-valued array, got dtype {points.dtype}')
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f'points must have shape (N, 3), got {points.shape}')
+    if colors is not None:
+        colors = _check_colors(colors, points.shape[0])
+    datatype = _check_int('datatype', datatype)
+    if datatype not in (FLOAT32, FLOAT64):
+        raise ValueError(f'datatype must be FLOAT32 (7) or FLOAT64 (8), got {datatype}')
+    size = DATATYPES[datatype][1]
+    minimum = 3 * size if colors is None else 3 * size + 4
+    if point_step is None:
+        point_step = minimum
+    point_step = _check_int('point_step', point_step)
+    if point_step < minimum:
+        with_colors = '' if colors is None else ' with colors'
+        raise ValueError(f'point_step must be >= {minimum} for datatype {datatype}'
+                         f'{with_colors}, got {point_step}')
+    fields = tuple(FieldSpec(name, i * size, datatype, 1) for i, name in enumerate(XYZ))
+    if colors is not None:
+        fields += (FieldSpec('rgb', 3 * size, FLOAT32, 1),)
+    dtype = dtype_from_fields(fields, point_step, is_bigendian)
+    out = np.zeros(points.shape[0], dtype=dtype)
+    for column, name in enumerate(XYZ):
+        out[name] = points[:, column]
+    if colors is not None:
+        # Write the packed integer through a uint32 view so the float field holds its exact
+        # bits (no value conversion).
+        _bits_u4(out['rgb'])[...] = (
+            (colors[:, 0] << 16) | (colors[:, 1] << 8) | colors[:, 2])
+    return out.tobytes(), fields, point_step, points.shape[0] * point_step
+
+
+def _check_colors(colors: Any, num_points: int) -> np.ndarray:
+    """
+    Validate the ``colors`` argument of :func:`encode_xyz`.
+
+    :param colors: Candidate ``(N, 3)`` integer array of red, green, blue.
+    :param num_points: ``N``, the number of points.
+    :return: The colours as a native ``(N, 3)`` uint32 array, ready for bit packing.
+    :raises TypeError: If ``colors`` is not an integer array.
+    :raises ValueError: If ``colors`` is not ``(num_points, 3)`` or a value is outside 0..255.
+    """
+    colors = np.asarray(colors)
+    if colors.dtype.kind not in 'iu':
+        raise TypeError(
+            f'colors must be an integer array (e.g. uint8) of values 0..255, got dtype '
+            f'{colors.dtype}')
+    if colors.shape != (num_points, 3):
+        raise ValueError(
+            f'colors must have shape (N, 3) = ({num_points}, 3) like points, got {colors.shape}')
+    if colors.size and (colors.min() < 0 or colors.max() > 255):
+        raise ValueError(
+            f'colors must be in 0..255, got values in {colors.min()}..{colors.max()}')
+    return colors.astype(np.uint32)
+
+
+def _point_view(
+    data: Buffer,
+    fields: Sequence[FieldSpec],
+    point_step: int,
+    width: int,
+    height: int,
+    row_step: int,
+    is_bigendian: bool,
+    max_points: Optional[int],
+) -> np.ndarray:
+    """
+    Validate a PointCloud2's metadata and buffer and view the buffer as structured points.
+
+    Shared by the decoders; the parameters and errors are those of :func:`decode_xyz`.
+
+    :return: ``(height, width)`` structured array aliasing ``data`` (strides ``row_step`` and
+        ``point_step``, so row padding is skipped without a copy).
+    """
     width = _check_int('width', width)
     height = _check_int('height', height)
     row_step = _check_int('row_step', row_step)
@@ -214,62 +411,101 @@ def decode_xyz(
         raise ValueError(
             f'data is too {kind}: {buffer.size} bytes, expected row_step * height = '
             f'{row_step} * {height} = {expected}')
+    return np.ndarray(shape=(height, width), dtype=dtype, buffer=buffer,
+                      strides=(row_step, point_step))
 
-    # A strided view skips row padding without copying; rows are row_step bytes apart.
-    points = np.ndarray(shape=(height, width), dtype=dtype, buffer=buffer,
-                        strides=(row_step, point_step))
-    xyz = np.empty((num_points, 3), dtype=np.float32)
+
+def _xyz_of(points: np.ndarray) -> np.ndarray:
+    """
+    Copy the coordinates out of a structured point view, without filtering.
+
+    :param points: Structured view from :func:`_point_view`.
+    :return: ``(height * width, 3)`` float32 array, row-major.
+    """
+    xyz = np.empty((points.size, 3), dtype=np.float32)
     for column, name in enumerate(XYZ):
         # Assignment casts and byte-swaps to native float32 in one pass.
         xyz[:, column] = points[name].reshape(-1)
-    if skip_nans:
-        finite = np.isfinite(xyz).all(axis=1)
-        if not finite.all():
-            xyz = xyz[finite]
     return xyz
 
 
-def encode_xyz(
-    points: np.ndarray,
-    datatype: int = FLOAT32,
-    point_step: Optional[int] = None,
-    is_bigendian: bool = False,
-) -> Tuple[bytes, Tuple[FieldSpec, ...], int, int]:
+def _colour_fields(fields: Sequence[FieldSpec]) -> Optional[Tuple[str, ...]]:
     """
-    Encode coordinates as an unorganised PointCloud2 buffer (``height == 1``, ``width == N``).
+    Pick and validate the colour layout of an already validated field list.
 
-    :param points: ``(N, 3)`` array of x, y, z (any real dtype; non-finite values are kept).
-    :param datatype: ``FLOAT32`` (7) or ``FLOAT64`` (8).
-    :param point_step: Bytes per point, ``>= 3 * sizeof(datatype)``; extra bytes are zero
-        padding. ``None`` means ``3 * sizeof(datatype)``.
-    :param is_bigendian: Write multi-byte values big-endian.
-    :return: ``(data, fields, point_step, row_step)``; ``fields`` are x, y, z at offsets 0,
-        s, 2s for value size s, and ``row_step == N * point_step``.
-    :raises TypeError: If ``points`` is not a real-valued array.
-    :raises ValueError: If ``points`` is not ``(N, 3)``, ``datatype`` is not a float type, or
-        ``point_step`` is too small.
+    :param fields: Fields accepted by :func:`dtype_from_fields`.
+    :return: ``(name,)`` for a packed ``rgb``/``rgba`` field, ``('r', 'g', 'b')`` for separate
+        channels, or ``None`` when there is no colour field.
+    :raises ValueError: If the chosen colour fields are not scalar, a packed field is not
+        FLOAT32, UINT32 or INT32, or only some of ``r``, ``g``, ``b`` are present.
     """
-    points = np.asarray(points)
-    if points.dtype.kind not in 'fiub':
-        raise TypeError(f'points must be a real-valued array, got dtype {points.dtype}')
-    if points.ndim != 2 or points.shape[1] != 3:
-        raise ValueError(f'points must have shape (N, 3), got {points.shape}')
-    datatype = _check_int('datatype', datatype)
-    if datatype not in (FLOAT32, FLOAT64):
-        raise ValueError(f'datatype must be FLOAT32 (7) or FLOAT64 (8), got {datatype}')
-    size = DATATYPES[datatype][1]
-    if point_step is None:
-        point_step = 3 * size
-    point_step = _check_int('point_step', point_step)
-    if point_step < 3 * size:
-        raise ValueError(f'point_step must be >= {3 * size} for datatype {datatype}, '
-                         f'got {point_step}')
-    fields = tuple(FieldSpec(name, i * size, datatype, 1) for i, name in enumerate(XYZ))
-    dtype = dtype_from_fields(fields, point_step, is_bigendian)
-    out = np.zeros(points.shape[0], dtype=dtype)
-    for column, name in enumerate(XYZ):
-        out[name] = points[:, column]
-    return out.tobytes(), fields, point_step, points.shape[0] * point_step
+    by_name = {field.name: field for field in fields}
+    for name in PACKED_RGB:
+        if name in by_name:
+            field = by_name[name]
+            if field.datatype not in PACKED_RGB_DATATYPES:
+                raise ValueError(
+                    f'colour field {name!r} has datatype {field.datatype} '
+                    f'({_DATATYPE_NAMES[field.datatype]}); expected FLOAT32 (7), UINT32 (6) or '
+                    'INT32 (5) holding packed 0x00RRGGBB bits')
+            names: Tuple[str, ...] = (name,)
+            break
+    else:
+        present = [name for name in RGB if name in by_name]
+        if not present:
+            return None
+        if len(present) < len(RGB):
+            missing = [name for name in RGB if name not in by_name]
+            raise ValueError(
+                f'colour fields r, g, b must all be present; missing {missing} '
+                f'(fields are {list(by_name)})')
+        names = RGB
+    for name in names:
+        if by_name[name].count != 1:
+            raise ValueError(
+                f'colour field {name!r} has count {by_name[name].count}; expected 1')
+    return names
+
+
+def _rgb_of(points: np.ndarray, names: Tuple[str, ...]) -> np.ndarray:
+    """
+    Copy the colour out of a structured point view, without filtering.
+
+    :param points: Structured view from :func:`_point_view`.
+    :param names: Colour layout from :func:`_colour_fields`.
+    :return: ``(height * width, 3)`` uint8 array of red, green, blue, row-major.
+    """
+    rgb = np.empty((points.size, 3), dtype=np.uint8)
+    # (height, width, 3) view of the output: channels are written without flattening the
+    # strided input first.
+    grid = rgb.reshape(points.shape + (3,))
+    if len(names) == 1:
+        # Native uint32 copy of the packed bits; the float value is never looked at.
+        packed = _bits_u4(points[names[0]]).astype(np.uint32)
+        for column, shift in enumerate((16, 8, 0)):
+            grid[..., column] = (packed >> shift) & 0xFF
+        return rgb
+    for column, name in enumerate(names):
+        values = points[name]
+        if values.dtype.kind == 'f':
+            scaled = np.rint(np.clip(values.astype(np.float64) * 255.0, 0.0, 255.0))
+            scaled[np.isnan(scaled)] = 0.0
+            grid[..., column] = scaled
+        elif values.dtype == np.uint8:
+            grid[..., column] = values
+        else:
+            grid[..., column] = np.clip(values.astype(np.int64), 0, 255)
+    return rgb
+
+
+def _bits_u4(values: np.ndarray) -> np.ndarray:
+    """
+    View 4-byte values (float32, int32 or uint32) as uint32 of the same byte order.
+
+    :param values: Array of a 4-byte dtype, possibly strided or a structured-array field.
+    :return: A view of the same memory whose values are the raw bits.
+    """
+    return values.view(np.dtype(values.dtype.str[0] + 'u4'))
 
 
 def _as_bytes(data: Buffer) -> np.ndarray:

@@ -41,6 +41,8 @@ def register_scene_commands(subparsers: Any) -> None:
     p.add_argument('--unknown-threshold', type=float, default=0.0)
     p.add_argument('--nms-iou', type=float, default=0.25)
     p.add_argument('--axis-aligned', action='store_true', help='fit axis-aligned boxes')
+    p.add_argument('--no-colors', action='store_true',
+                   help="segment from geometry alone (ignore the scene's colours)")
     _add_model_args(p)
     p.set_defaults(func=_cmd_detect)
 
@@ -79,13 +81,13 @@ def _parse_labels(text: str) -> list[str]:
     return [x.strip() for x in text.split(',') if x.strip()]
 
 
-def _load_scene_points(path: Path) -> tuple[str, np.ndarray]:
+def _load_scene_points(path: Path) -> tuple[str, np.ndarray, Optional[np.ndarray]]:
     if path.is_dir():
         scene = read_scannet_scene(path)
-        return scene.scene_id, scene.points
-    from opendlign_core.pointcloud import load_point_cloud
+        return scene.scene_id, scene.points, scene.colors
+    from opendlign_core.pointcloud import load_point_cloud, load_point_colors
 
-    return path.stem, load_point_cloud(path)
+    return path.stem, load_point_cloud(path), load_point_colors(path)
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -96,14 +98,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     path = Path(args.scene)
     if not path.exists():
         raise FileNotFoundError(f'SCENE {path} not found')
-    scene_id, points = _load_scene_points(path)
+    scene_id, points, colors = _load_scene_points(path)
     cfg = DetectorConfig(opendlign=_config_from_args(args), up_axis=args.up_axis,
                          score_threshold=args.score_threshold,
                          unknown_threshold=args.unknown_threshold, nms_iou=args.nms_iou,
-                         oriented_boxes=not args.axis_aligned)
+                         oriented_boxes=not args.axis_aligned, use_colors=not args.no_colors)
     detector = Detector.from_config(cfg)
     labels = _parse_labels(args.labels)
-    result = detector.detect(points, detector.encode_labels(labels))
+    result = detector.detect(points, detector.encode_labels(labels), colors=colors)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {'scene': scene_id, 'labels': labels, 'num_points': result.num_points,

@@ -91,8 +91,8 @@ def test_nms_suppresses_same_label_duplicates(monkeypatch):
 
     real = detection.segment_scene
 
-    def duplicated(points, config, seed=0):
-        res = real(points, config, seed)
+    def duplicated(points, config, seed=0, colors=None):
+        res = real(points, config, seed, colors)
         return res.__class__(res.labels, res.clusters + res.clusters[:1], res.planes,
                              res.num_voxels, res.timings_ms)
 
@@ -117,6 +117,29 @@ def test_up_axis_y_and_malformed_inputs():
         det.detect(np.zeros((4, 4)), None)
     with pytest.raises(ValueError, match='colors'):
         det.detect(pts, None, colors=np.zeros((3, 3)))
+
+
+def test_colours_reach_the_segmentation():
+    # A door flush with a wall differs from it in colour only: found with colours, not without,
+    # and not when use_colors is off. Colours with NaN rows and subsampling stay aligned.
+    rng = np.random.default_rng(3)
+    floor = np.c_[rng.uniform(0, 4, (30000, 2)), rng.normal(0, 0.005, 30000)]
+    wall = np.c_[rng.uniform(0, 4, 60000), 4 + rng.normal(0, 0.02, 60000),
+                 rng.uniform(0, 2.5, 60000)]
+    door = (wall[:, 0] > 1.5) & (wall[:, 0] < 2.4) & (wall[:, 2] < 2.0)
+    pts = np.vstack([floor, wall, np.full((5, 3), np.nan)]).astype(np.float32)
+    colors = np.vstack([np.full((30000, 3), 90), np.where(door[:, None], [150, 100, 40], 150),
+                        np.zeros((5, 3))]).astype(np.uint8)
+    det = Detector(StubClassifier(), DetectorConfig(max_points=80000))
+    found = det.detect(pts, None, colors=colors).detections
+    assert len(found) == 1
+    lo, hi = found[0].box.corners().min(axis=0), found[0].box.corners().max(axis=0)
+    np.testing.assert_allclose([lo[0], hi[0], hi[2]], [1.5, 2.4, 2.0], atol=0.08)
+    assert det.detect(pts, None).detections == ()
+    off = Detector(StubClassifier(), DetectorConfig(max_points=80000, use_colors=False))
+    assert off.detect(pts, None, colors=colors).detections == ()
+    with pytest.raises(TypeError, match='colors'):
+        det.detect(pts, None, colors=np.full(pts.shape, 'x'))
 
 
 def test_classify_boxes():

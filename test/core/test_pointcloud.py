@@ -7,6 +7,7 @@ from opendlign_core.pointcloud import (
     MESH_SAMPLE_POINTS,
     clean_points,
     load_point_cloud,
+    load_point_colors,
     normalize_points,
     sample_points,
     to_z_up,
@@ -67,6 +68,25 @@ def test_open3d_point_cloud_round_trip(tmp_path, cloud, suffix):
     path = tmp_path / f'c{suffix}'
     assert o3d.io.write_point_cloud(str(path), pcd)
     np.testing.assert_allclose(load_point_cloud(path), cloud, atol=1e-6)
+
+
+@pytest.mark.parametrize('suffix', ['.ply', '.pcd'])
+def test_open3d_point_colors_round_trip(tmp_path, cloud, suffix):
+    import open3d as o3d
+
+    rgb = np.random.default_rng(1).integers(0, 256, (len(cloud), 3)).astype(np.uint8)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.astype(np.float64)))
+    path = tmp_path / f'plain{suffix}'
+    assert o3d.io.write_point_cloud(str(path), pcd)
+    assert load_point_colors(path) is None
+    pcd.colors = o3d.utility.Vector3dVector(rgb / 255.0)
+    path = tmp_path / f'c{suffix}'
+    assert o3d.io.write_point_cloud(str(path), pcd)
+    np.testing.assert_array_equal(load_point_colors(path), rgb)
+    np.save(tmp_path / 'c.npy', cloud)
+    assert load_point_colors(tmp_path / 'c.npy') is None
+    with pytest.raises(FileNotFoundError):
+        load_point_colors(tmp_path / 'missing.ply')
 
 
 @pytest.mark.parametrize('suffix', ['.obj', '.off', '.ply'])
