@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from opendlign_core import pointcloud2 as pc2
-from opendlign_core.pointcloud2 import FieldSpec, decode_xyz, dtype_from_fields, encode_xyz
+from opendlign_core.pointcloud2 import (
+    FieldSpec,
+    decode_xyz,
+    decode_xyz_rgb,
+    dtype_from_fields,
+    encode_xyz,
+)
 
 XYZ32 = (FieldSpec('x', 0, pc2.FLOAT32), FieldSpec('y', 4, pc2.FLOAT32),
          FieldSpec('z', 8, pc2.FLOAT32))
@@ -119,8 +125,7 @@ def test_decode_is_fast_and_zero_copy_for_large_clouds():
 GOOD = dict(data=struct.pack('<6f', 1, 2, 3, 4, 5, 6), fields=XYZ32, point_step=12, width=2,
             height=1, row_step=24, is_bigendian=False)
 
-
-@pytest.mark.parametrize('change,message', [
+MALFORMED = [
     (dict(data=struct.pack('<5f', 1, 2, 3, 4, 5)), 'data is too short: 20 bytes'),
     (dict(data=struct.pack('<7f', 1, 2, 3, 4, 5, 6, 7)), 'data is too long: 28 bytes'),
     (dict(point_step=8), "field 'z' spans bytes [8, 12) beyond point_step 8"),
@@ -139,7 +144,10 @@ GOOD = dict(data=struct.pack('<6f', 1, 2, 3, 4, 5, 6), fields=XYZ32, point_step=
     (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('z', 8, 2, 4))), "field 'z' has count 4"),
     (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('', 8, 7))), 'empty name'),
     (dict(height=2, row_step=24), 'data is too short: 24 bytes, expected'),
-])
+]
+
+
+@pytest.mark.parametrize('change,message', MALFORMED)
 def test_decode_rejects_malformed_metadata(change, message):
     kwargs = {**GOOD, **change}
     with pytest.raises(ValueError) as info:
@@ -173,3 +181,218 @@ def test_encode_rejects_bad_input():
         encode_xyz(np.zeros((4, 3)), datatype=pc2.FLOAT64, point_step=16)
     with pytest.raises(TypeError, match='real-valued'):
         encode_xyz(np.zeros((4, 3), complex))
+
+
+# ---- colour ----------------------------------------------------------------------------------
+
+XYZ32_RGB = XYZ32 + (FieldSpec('rgb', 12, pc2.FLOAT32),)
+
+
+def _decode_rgb(data, fields=XYZ32_RGB, point_step=16, width=None, height=1, row_step=None,
+                is_bigendian=False, **kwargs):
+    if width is None:
+        width = len(data) // point_step
+    if row_step is None:
+        row_step = width * point_step
+    return decode_xyz_rgb(data, fields, point_step, width, height, row_step, is_bigendian,
+                          **kwargs)
+
+
+def _float_of_bits(bits):
+    # The float32 whose 4 bytes are the packed integer (PCL's rgb field).
+    return struct.unpack('<f', struct.pack('<I', bits))[0]
+
+
+@pytest.mark.parametrize('datatype,step', [(pc2.FLOAT32, 16), (pc2.FLOAT64, 28)])
+@pytest.mark.parametrize('bigendian', [False, True])
+def test_encode_decode_rgb_round_trip_drops_the_same_rows(datatype, step, bigendian):
+    rng = np.random.default_rng(2)
+    points = rng.normal(size=(40, 3)).astype(np.float32)
+    points[[3, 17], [1, 0]] = np.nan
+    points[25, 2] = np.inf
+    colors = rng.integers(0, 256, size=(40, 3), dtype=np.uint8)
+    colors[0] = (255, 128, 1)
+    data, fields, point_step, row_step = encode_xyz(points, datatype, None, bigendian, colors)
+    size = 4 if datatype == pc2.FLOAT32 else 8
+    assert point_step == step and row_step == 40 * step and len(data) == row_step
+    assert [(f.name, f.offset, f.datatype, f.count) for f in fields] == [
+        ('x', 0, datatype, 1), ('y', size, datatype, 1), ('z', 2 * size, datatype, 1),
+        ('rgb', 3 * size, pc2.FLOAT32, 1)]
+    order = '>' if bigendian else '<'
+    assert data[3 * size:3 * size + 4] == struct.pack(order + 'I', 0x00FF8001)
+
+    xyz, rgb = decode_xyz_rgb(data, fields, point_step, 40, 1, row_step, bigendian)
+    keep = np.ones(40, bool)
+    keep[[3, 17, 25]] = False
+    assert xyz.shape == (37, 3) and rgb.shape == (37, 3)
+    assert rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    np.testing.assert_array_equal(xyz, points[keep])
+    np.testing.assert_array_equal(rgb, colors[keep])
+    np.testing.assert_array_equal(xyz, decode_xyz(data, fields, point_step, 40, 1, row_step,
+                                                  bigendian))
+    all_xyz, all_rgb = decode_xyz_rgb(data, fields, point_step, 40, 1, row_step, bigendian,
+                                      skip_nans=False)
+    assert all_xyz.shape == (40, 3) and np.isnan(all_xyz[3, 1]) and np.isinf(all_xyz[25, 2])
+    np.testing.assert_array_equal(all_rgb, colors)
+
+
+@pytest.mark.parametrize('bigendian', [False, True])
+def test_decode_packed_float_rgb_reinterprets_bits(bigendian):
+    # 0x00FF8001 as a float is a denormal (~2.3e-38): a value cast would give 0, not colour.
+    order = '>' if bigendian else '<'
+    rows = [(1, 2, 3, 0x00FF8001), (4, 5, 6, 0x00000000), (7, 8, 9, 0x0012AB34)]
+    data = b''.join(struct.pack(order + '4f', x, y, z, _float_of_bits(bits))
+                    for x, y, z, bits in rows)
+    xyz, rgb = _decode_rgb(data, is_bigendian=bigendian)
+    np.testing.assert_array_equal(xyz, [[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    np.testing.assert_array_equal(rgb, [[255, 128, 1], [0, 0, 0], [0x12, 0xAB, 0x34]])
+
+
+def test_decode_packed_rgb_in_organised_cloud_with_row_padding():
+    # 2 x 2 cloud, big-endian, 16-byte points, 36-byte rows (4 bytes of row padding).
+    bits = [0x00010203, 0x00FFFFFF, 0x00800000, 0x0000007F]
+    xyz = np.arange(1, 13, dtype=np.float32).reshape(4, 3)
+    pts = [struct.pack('>3f', *p) + struct.pack('>I', b) for p, b in zip(xyz.tolist(), bits)]
+    data = pts[0] + pts[1] + b'\xff' * 4 + pts[2] + pts[3] + b'\xee' * 4
+    out_xyz, rgb = _decode_rgb(data, width=2, height=2, row_step=36, is_bigendian=True)
+    np.testing.assert_array_equal(out_xyz, xyz)
+    np.testing.assert_array_equal(rgb, [[1, 2, 3], [255, 255, 255], [128, 0, 0], [0, 0, 127]])
+
+
+def test_decode_rgba_uint32_and_int32_ignore_alpha():
+    fields = XYZ32 + (FieldSpec('rgba', 12, pc2.UINT32),)
+    data = struct.pack('<3fI', 1, 2, 3, 0xAA102030) + struct.pack('<3fI', 4, 5, 6, 0xFF0000FF)
+    _, rgb = _decode_rgb(data, fields)
+    np.testing.assert_array_equal(rgb, [[0x10, 0x20, 0x30], [0, 0, 255]])
+    # INT32: alpha 0xFF makes the value negative; the bits are what count.
+    fields = XYZ32 + (FieldSpec('rgba', 12, pc2.INT32),)
+    data = struct.pack('<3fi', 1, 2, 3, -0x00EFDFD0)  # == 0xFF102030 as int32 bits
+    _, rgb = _decode_rgb(data, fields)
+    np.testing.assert_array_equal(rgb, [[0x10, 0x20, 0x30]])
+
+
+def test_decode_packed_rgb_wins_over_rgba_and_channels():
+    fields = XYZ32 + (FieldSpec('rgba', 12, pc2.UINT32), FieldSpec('r', 16, pc2.UINT8),
+                      FieldSpec('g', 17, pc2.UINT8), FieldSpec('b', 18, pc2.UINT8),
+                      FieldSpec('rgb', 20, pc2.UINT32))
+    data = struct.pack('<3fI3BxI', 1, 2, 3, 0x00010101, 9, 9, 9, 0x00405060)
+    _, rgb = _decode_rgb(data, fields, point_step=24)
+    np.testing.assert_array_equal(rgb, [[0x40, 0x50, 0x60]])
+    _, rgb = _decode_rgb(data, fields[:-1], point_step=24)  # without rgb: rgba
+    np.testing.assert_array_equal(rgb, [[1, 1, 1]])
+    _, rgb = _decode_rgb(data, XYZ32 + fields[4:7], point_step=24)  # r, g, b only
+    np.testing.assert_array_equal(rgb, [[9, 9, 9]])
+
+
+def test_decode_separate_uint8_channels_at_odd_offsets():
+    # Point: x, y, z f4 @0..12, b u1 @13, intensity u16 @14, g u1 @17, r u1 @19, pad to 20.
+    fields = XYZ32 + (FieldSpec('b', 13, pc2.UINT8), FieldSpec('intensity', 14, pc2.UINT16),
+                      FieldSpec('g', 17, pc2.UINT8), FieldSpec('r', 19, pc2.UINT8))
+    nan = float('nan')
+    rows = [(1, 2, 3, 30, 999, 20, 10), (nan, 0, 0, 1, 1, 1, 1), (4, 5, 6, 255, 7, 0, 128)]
+    data = b''.join(struct.pack('<3fxBHxBxB', *r) for r in rows)
+    assert len(data) == 60
+    xyz, rgb = _decode_rgb(data, fields, point_step=20)
+    np.testing.assert_array_equal(xyz, [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(rgb, [[10, 20, 30], [128, 0, 255]])
+
+
+def test_decode_float_channels_scale_clip_and_round():
+    # Big-endian; r, g FLOAT32 and b FLOAT64 in 0..1.
+    fields = XYZ32 + (FieldSpec('r', 12, pc2.FLOAT32), FieldSpec('g', 16, pc2.FLOAT32),
+                      FieldSpec('b', 20, pc2.FLOAT64))
+    nan = float('nan')
+    rows = [(0.0, 1.0, 0.5),             # 0, 255, 127.5 -> 128 (ties to even)
+            (nan, 2.0, -0.5),            # NaN -> 0, clipped high and low
+            (1 / 255, 0.998, 0.25),      # 1.0 -> 1, 254.49 -> 254, 63.75 -> 64
+            (float('inf'), -float('inf'), 0.1)]  # 255, 0, 25.5 -> 26
+    data = b''.join(struct.pack('>3f2fd', 1, 2, 3, *r) for r in rows)
+    _, rgb = _decode_rgb(data, fields, point_step=28, is_bigendian=True)
+    np.testing.assert_array_equal(rgb, [[0, 255, 128], [0, 255, 0], [1, 254, 64], [255, 0, 26]])
+
+
+def test_decode_wider_integer_channels_are_clipped():
+    fields = XYZ32 + (FieldSpec('r', 12, pc2.INT16), FieldSpec('g', 14, pc2.UINT16),
+                      FieldSpec('b', 16, pc2.INT32))
+    data = struct.pack('<3fhHi', 1, 2, 3, -5, 300, 7) + struct.pack('<3fhHi', 1, 2, 3, 255, 0,
+                                                                      -2**31)
+    _, rgb = _decode_rgb(data, fields, point_step=20)
+    np.testing.assert_array_equal(rgb, [[0, 255, 7], [255, 0, 0]])
+
+
+def test_decode_without_colour_gives_none():
+    fields = XYZ32 + (FieldSpec('intensity', 12, pc2.FLOAT32),)
+    nan = float('nan')
+    data = struct.pack('<8f', 1, 2, 3, 0.5, nan, 5, 6, 0.7)
+    xyz, rgb = _decode_rgb(data, fields)
+    assert rgb is None
+    np.testing.assert_array_equal(xyz, [[1, 2, 3]])
+    xyz, rgb = _decode_rgb(struct.pack('<3f', nan, nan, nan), XYZ32, point_step=12)
+    assert rgb is None and xyz.shape == (0, 3)
+    # Colour present but every point non-finite: an empty (0, 3) colour array, not None.
+    xyz, rgb = _decode_rgb(struct.pack('<4f', nan, 0, 0, 0))
+    assert xyz.shape == (0, 3) and rgb.shape == (0, 3) and rgb.dtype == np.uint8
+
+
+@pytest.mark.parametrize('colour_fields,point_step,message', [
+    ((FieldSpec('rgb', 12, pc2.INT8),), 16, "colour field 'rgb' has datatype 1 (INT8)"),
+    ((FieldSpec('rgb', 12, pc2.UINT16),), 16, "colour field 'rgb' has datatype 4 (UINT16)"),
+    ((FieldSpec('rgba', 12, pc2.FLOAT64),), 20, "colour field 'rgba' has datatype 8 (FLOAT64)"),
+    ((FieldSpec('rgb', 12, pc2.FLOAT32, 2),), 20, "colour field 'rgb' has count 2"),
+    ((FieldSpec('rgba', 12, pc2.UINT32, 2),), 20, "colour field 'rgba' has count 2"),
+    ((FieldSpec('r', 12, pc2.UINT8, 2), FieldSpec('g', 14, pc2.UINT8),
+      FieldSpec('b', 15, pc2.UINT8)), 16, "colour field 'r' has count 2"),
+    ((FieldSpec('r', 12, pc2.UINT8), FieldSpec('g', 13, pc2.UINT8)), 16, "missing ['b']"),
+])
+def test_decode_rejects_bad_colour_fields(colour_fields, point_step, message):
+    data = bytes(point_step)
+    with pytest.raises(ValueError) as info:
+        _decode_rgb(data, XYZ32 + colour_fields, point_step=point_step)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize('change,message', MALFORMED)
+def test_decode_rgb_rejects_malformed_metadata_like_decode_xyz(change, message):
+    with pytest.raises(ValueError) as info:
+        decode_xyz_rgb(**{**GOOD, **change})
+    assert message in str(info.value)
+
+
+def test_encode_without_colors_is_byte_identical_to_the_xyz_layout():
+    points = np.array([[1.0, -2.5, 3.25], [np.nan, 0.0, 1e-3]])
+    data, fields, point_step, row_step = encode_xyz(points)
+    assert data == struct.pack('<6f', *points.reshape(-1)) and (point_step, row_step) == (12, 24)
+    assert len(fields) == 3
+    data, fields, point_step, row_step = encode_xyz(points, pc2.FLOAT64, 32, True, colors=None)
+    assert data == b''.join(struct.pack('>3d8x', *p) for p in points)
+    assert (point_step, row_step) == (32, 64)
+    assert [f.name for f in fields] == ['x', 'y', 'z']
+
+
+def test_encode_colors_with_padding_and_int_dtype():
+    points = np.array([[1.0, 2.0, 3.0]])
+    data, fields, point_step, row_step = encode_xyz(points, point_step=20,
+                                                    colors=np.array([[255, 128, 1]]))
+    assert data == struct.pack('<3fI4x', 1, 2, 3, 0x00FF8001) and point_step == row_step == 20
+    data, fields, point_step, _ = encode_xyz(np.zeros((0, 3)), colors=np.zeros((0, 3), np.uint8))
+    assert data == b'' and point_step == 16 and fields[3].name == 'rgb'
+
+
+def test_encode_rejects_bad_colors():
+    points = np.zeros((4, 3))
+    with pytest.raises(TypeError, match='colors must be an integer array'):
+        encode_xyz(points, colors=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r'colors must have shape \(N, 3\) = \(4, 3\)'):
+        encode_xyz(points, colors=np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r'colors must have shape .* got \(3, 3\)'):
+        encode_xyz(points, colors=np.zeros((3, 3), np.uint8))
+    with pytest.raises(ValueError, match=r'colors must have shape .* got \(12,\)'):
+        encode_xyz(points, colors=np.zeros(12, np.uint8))
+    with pytest.raises(ValueError, match=r'colors must be in 0\.\.255, got values in 0\.\.256'):
+        encode_xyz(points, colors=np.full((4, 3), 256) * np.eye(4, 3, dtype=int))
+    with pytest.raises(ValueError, match=r'colors must be in 0\.\.255, got values in -1\.\.0'):
+        encode_xyz(points, colors=-np.eye(4, 3, dtype=np.int8))
+    with pytest.raises(ValueError, match='point_step must be >= 16 for datatype 7 with colors'):
+        encode_xyz(points, point_step=12, colors=np.zeros((4, 3), np.uint8))
+    with pytest.raises(ValueError, match='point_step must be >= 28 for datatype 8 with colors'):
+        encode_xyz(points, pc2.FLOAT64, 24, colors=np.zeros((4, 3), np.uint8))
