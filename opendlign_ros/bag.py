@@ -215,12 +215,13 @@ def bag_from_scenes(scene_dirs: Sequence[Path], out: Path, storage: str = 'mcap'
     :param scene_dirs: Scene folders (or roots holding scene folders) in ScanNet's layout.
     :param out: Bag folder to create.
     :param storage: ``'mcap'`` or ``'sqlite3'``.
-    :param mode: ``'scene'``: one cloud per scene (the whole aligned mesh vertices) with every
-        annotated ScanNet-18 box; ``'frames'``: one cloud per exported depth frame, back-projected
-        with the frame's camera pose and the scene's axis alignment into the scene frame (so
-        consecutive frames overlap where they see the same surfaces), with the boxes of the
-        instances it sees (>= ``MIN_BOX_POINTS`` pixels; box fitted to those points; every box of
-        the scene if the frame has no instance image), and the camera pose on ``/sensor_pose``.
+    :param mode: ``'scene'``: one cloud per scene (the whole aligned mesh vertices, with their
+        colours as a packed ``rgb`` field) with every annotated ScanNet-18 box; ``'frames'``:
+        one cloud per exported depth frame (no colour), back-projected with the frame's camera
+        pose and the scene's axis alignment into the scene frame (so consecutive frames overlap
+        where they see the same surfaces), with the boxes of the instances it sees
+        (>= ``MIN_BOX_POINTS`` pixels; box fitted to those points; every box of the scene if the
+        frame has no instance image), and the camera pose on ``/sensor_pose``.
     :param rate: Clouds per second of bag time (default 1 for scenes, 5 for frames).
     :param frame_id: ``header.frame_id`` of every message (the aligned, z-up scene frame).
     :param frame_step: Use every ``frame_step``-th frame (``'frames'`` mode).
@@ -254,10 +255,11 @@ def bag_from_scenes(scene_dirs: Sequence[Path], out: Path, storage: str = 'mcap'
     with BagWriter(Path(out), storage) as writer:
         for folder in folders:
             scene = scannet.read_scannet_scene(folder)
-            for points, gt, pose in _scene_clouds(scene, folder, mode, frame_step):
+            for points, colors, gt, pose in _scene_clouds(scene, folder, mode, frame_step):
                 t = START_NS + clouds * period_ns
                 header = Header(stamp=_time_msg(t), frame_id=frame_id)
-                writer.write(CLOUD_TOPIC, CLOUD_TYPE, t, conversions.cloud_to_msg(points, header))
+                writer.write(CLOUD_TOPIC, CLOUD_TYPE, t,
+                             conversions.cloud_to_msg(points, header, colors))
                 writer.write(GROUND_TRUTH_TOPIC, DETECTIONS_TYPE, t,
                              conversions.boxes_to_msg(gt, header))
                 if pose is not None:
@@ -297,13 +299,16 @@ def pose_to_msg(pose: np.ndarray, header: Any) -> Any:
 
 
 def _scene_clouds(scene: Any, folder: Path, mode: str, frame_step: int
-                  ) -> Iterable[Tuple[np.ndarray, List[Tuple[str, Any]], Optional[np.ndarray]]]:
+                  ) -> Iterable[Tuple[np.ndarray, Optional[np.ndarray], List[Tuple[str, Any]],
+                                      Optional[np.ndarray]]]:
+    # (points, colours or None, ground truth, sensor pose or None) per cloud; depth frames
+    # carry no colour.
     from opendlign_core import scannet
     from opendlign_core.boxes import fit_aabb
 
     objects = [i for i in scene.instances if i.scannet18 and i.box is not None]
     if mode == 'scene':
-        yield scene.points, [(i.scannet18, i.box) for i in objects], None
+        yield scene.points, scene.colors, [(i.scannet18, i.box) for i in objects], None
         return
     align = scene.axis_alignment
     for index, frame in enumerate(scannet.read_frames(folder)):
@@ -322,7 +327,7 @@ def _scene_clouds(scene: Any, folder: Path, mode: str, frame_step: int
         else:
             gt = [(i.scannet18, i.box) for i in objects]
         if len(pts):
-            yield pts, gt, pose
+            yield pts, None, gt, pose
 
 
 class RosSession:

@@ -2,7 +2,8 @@
 Message <-> array plumbing for the detector node.
 
 Only attribute copying lives here: the PointCloud2 byte decoding is
-:func:`opendlign_core.pointcloud2.decode_xyz`, and every number published comes from the core's
+:func:`opendlign_core.pointcloud2.decode_xyz` / ``decode_xyz_rgb``, and every number published
+comes from the core's
 :class:`DetectionResult`. Boxes are in the cloud's frame (REP-103, +z up, metres), so each output
 message carries the input cloud's header.
 """
@@ -27,7 +28,7 @@ from vision_msgs.msg import (
 from visualization_msgs.msg import Marker, MarkerArray
 
 from opendlign_core.boxes import Box3D
-from opendlign_core.pointcloud2 import FieldSpec, decode_xyz, encode_xyz
+from opendlign_core.pointcloud2 import FieldSpec, decode_xyz, decode_xyz_rgb, encode_xyz
 
 #: ``DiagnosticStatus.name`` of the detector's status.
 DIAGNOSTIC_NAME = 'opendlign: detector'
@@ -61,15 +62,58 @@ def cloud_from_msg(msg: PointCloud2, max_points: Optional[int] = None) -> np.nda
     return points
 
 
-def cloud_to_msg(points: np.ndarray, header: Header) -> PointCloud2:
+class ColoredCloud(NamedTuple):
+    """A decoded cloud: finite points, their colours if usable, and why colours were not."""
+
+    #: (N, 3) float32 coordinates in the message's frame, metres, N >= 1.
+    points: np.ndarray
+    #: (N, 3) uint8 RGB of the same rows, or None.
+    colors: Optional[np.ndarray]
+    #: Why the message's colour fields were ignored ('' when it has none or they were read).
+    color_problem: str
+
+
+def cloud_with_colors_from_msg(msg: PointCloud2, max_points: Optional[int] = None
+                               ) -> ColoredCloud:
+    """
+    Decode a PointCloud2 into finite x, y, z coordinates and, when it has them, colours.
+
+    Colour is optional: a cloud whose colour fields are unusable (e.g. an ``rgb`` field of a
+    non-32-bit type) keeps its points, with ``colors`` None and the reason in
+    ``color_problem``; only geometry problems reject the cloud.
+
+    :param msg: The cloud.
+    :param max_points: Reject clouds with more than this many points (``None``: no cap).
+    :return: Points, colours (see :func:`opendlign_core.pointcloud2.decode_xyz_rgb` for the
+        layouts read) and the colour problem.
+    :raises ValueError: If the message's layout is inconsistent or no point is finite.
+    """
+    args = (msg.data, fields_from_msg(msg.fields), msg.point_step, msg.width, msg.height,
+            msg.row_step, msg.is_bigendian)
+    try:
+        points, colors = decode_xyz_rgb(*args, skip_nans=True, max_points=max_points)
+        problem = ''
+    except ValueError as e:
+        # The same checks without colour: raises again when the geometry itself is bad.
+        points = decode_xyz(*args, skip_nans=True, max_points=max_points)
+        colors, problem = None, str(e)
+    if len(points) == 0:
+        raise ValueError(f'cloud has no finite points (width={msg.width}, height={msg.height})')
+    return ColoredCloud(points, colors, problem)
+
+
+def cloud_to_msg(points: np.ndarray, header: Header,
+                 colors: Optional[np.ndarray] = None) -> PointCloud2:
     """
     Build an unorganised float32 PointCloud2 (``height == 1``).
 
     :param points: (N, 3) coordinates, metres, in ``header.frame_id``.
     :param header: Header to copy.
-    :return: The message (x, y, z FLOAT32 at offsets 0, 4, 8, little-endian).
+    :param colors: Optional (N, 3) integer RGB, 0-255, written as a packed ``rgb`` field.
+    :return: The message (x, y, z FLOAT32 at offsets 0, 4, 8, then ``rgb`` at 12 with colours,
+        little-endian).
     """
-    data, fields, point_step, row_step = encode_xyz(points)
+    data, fields, point_step, row_step = encode_xyz(points, colors=colors)
     msg = PointCloud2()
     msg.header = header
     msg.height = 1

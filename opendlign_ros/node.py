@@ -58,13 +58,16 @@ class Counters:
     rejected: int = 0
     #: Clouds on which the detector raised.
     failed: int = 0
+    #: Clouds whose colour fields were unusable and ignored (the points were still used).
+    colors_ignored: int = 0
 
 
 class DetectorNode(Node):
     """
     Zero-shot 3D detector node: a thin shell around ``opendlign_core.detection.Detector``.
 
-    :param detector: Object with ``encode_labels(labels)`` and ``detect(points, label_set)``;
+    :param detector: Object with ``encode_labels(labels)`` and
+        ``detect(points, label_set, colors=None)``;
         ``None`` (always, outside control-flow unit tests) builds
         ``Detector.from_config(...)`` from the parameters.
     :param kwargs: Passed to :class:`rclpy.node.Node` (e.g. ``cli_args``,
@@ -155,15 +158,26 @@ class DetectorNode(Node):
 
     def _process(self, msg: PointCloud2, received: float) -> None:
         start = time.perf_counter()
+        colors = None
         try:
-            points = conversions.cloud_from_msg(msg, max_points=self._shell.max_input_points)
+            if self._settings.detector.use_colors:
+                points, colors, problem = conversions.cloud_with_colors_from_msg(
+                    msg, max_points=self._shell.max_input_points)
+            else:
+                points, problem = conversions.cloud_from_msg(
+                    msg, max_points=self._shell.max_input_points), ''
         except (TypeError, ValueError) as e:
             self._drop('rejected', f'malformed cloud dropped: {e}')
             return
+        if problem:
+            with self._lock:
+                self._counters.colors_ignored += 1
+            self.get_logger().warning(f'colour fields ignored, geometry used: {problem}',
+                                      throttle_duration_sec=self._throttle())
         decode_ms = (time.perf_counter() - start) * 1e3
         label_set = self._label_set
         try:
-            result = self._detector.detect(points, label_set)
+            result = self._detector.detect(points, label_set, colors=colors)
         except Exception as e:  # noqa: BLE001 - one bad cloud must not stop the executor
             self._drop('failed', f'detection failed, cloud dropped: {type(e).__name__}: {e}')
             return

@@ -47,6 +47,30 @@ def test_cloud_from_msg_rejects_all_nan_and_over_cap():
         conversions.cloud_from_msg(msg, max_points=3)
 
 
+def test_coloured_cloud_round_trip_and_colour_problems():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(50, 3)).astype(np.float32)
+    points[7] = np.nan
+    rgb = rng.integers(0, 256, (50, 3)).astype(np.uint8)
+    msg = conversions.cloud_to_msg(points, HEADER, rgb)
+    assert msg.point_step == 16 and [f.name for f in msg.fields] == ['x', 'y', 'z', 'rgb']
+    got = conversions.cloud_with_colors_from_msg(msg)
+    keep = np.arange(50) != 7
+    np.testing.assert_array_equal(got.points, points[keep])
+    np.testing.assert_array_equal(got.colors, rgb[keep])
+    assert got.color_problem == ''
+    plain = conversions.cloud_with_colors_from_msg(conversions.cloud_to_msg(points, HEADER))
+    assert plain.colors is None and plain.color_problem == '' and len(plain.points) == 49
+    msg.row_step = 1  # broken geometry rejects the cloud, colours or not
+    with pytest.raises(ValueError, match='row_step'):
+        conversions.cloud_with_colors_from_msg(msg)
+    odd = conversions.cloud_to_msg(points, HEADER, rgb)
+    odd.fields[3].datatype = 1  # INT8
+    got = conversions.cloud_with_colors_from_msg(odd)
+    assert got.colors is None and "'rgb'" in got.color_problem
+    np.testing.assert_array_equal(got.points, points[keep])
+
+
 def test_yaw_to_quaternion():
     q = conversions.yaw_to_quaternion(math.pi / 2)
     assert (q.x, q.y) == (0.0, 0.0)

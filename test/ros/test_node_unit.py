@@ -29,6 +29,7 @@ class DoubleDetector:
 
     def __init__(self):
         self.calls = []
+        self.colors = []
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -40,10 +41,11 @@ class DoubleDetector:
             raise RuntimeError('text encoder exploded')
         return DoubleLabelSet(labels)
 
-    def detect(self, points, label_set):
+    def detect(self, points, label_set, colors=None):
         self.entered.set()
         self.gate.wait(10)
         self.calls.append((points.copy(), label_set))
+        self.colors.append(None if colors is None else colors.copy())
         if self.fail_detect:
             raise RuntimeError('boom')
         top_k = tuple((label, 1.0 / len(label_set.labels)) for label in label_set.labels)
@@ -146,3 +148,23 @@ def test_rejected_or_failed_label_sets_keep_the_old_one(node_and_double):
     assert node.set_parameters([Parameter('labels', value=['mug'])])[0].successful
     _wait(lambda: node._label_error != '')
     assert node.labels == ('chair', 'table') and 'exploded' in node._label_error
+
+
+def test_colours_reach_the_detector_and_bad_colour_fields_keep_the_points(node_and_double):
+    node, double = node_and_double
+    rgb = np.array([[255, 128, 1]] * 5, np.uint8)
+    colored = conversions.cloud_to_msg(np.full((5, 3), 1.0, np.float32), Header(frame_id='f'),
+                                       rgb)
+    node._on_cloud(colored)
+    _wait(lambda: node.counters.processed == 1)
+    np.testing.assert_array_equal(double.colors[0], rgb)
+    # An rgb field of a type no convention uses: the points are still detected on.
+    odd = conversions.cloud_to_msg(np.full((5, 3), 2.0, np.float32), Header(frame_id='f'), rgb)
+    odd.fields[3].datatype = 2  # UINT8
+    node._on_cloud(odd)
+    _wait(lambda: node.counters.processed == 2)
+    assert double.colors[1] is None and float(double.calls[1][0][0, 0]) == 2.0
+    assert (node.counters.colors_ignored, node.counters.rejected) == (1, 0)
+    node._on_cloud(_cloud(3.0))
+    _wait(lambda: node.counters.processed == 3)
+    assert double.colors[2] is None
