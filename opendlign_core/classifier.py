@@ -21,6 +21,7 @@ from opendlign_core.config import OpenDlignConfig, ProjectionConfig
 from opendlign_core.model import DepthCLIP, create_depth_clip
 from opendlign_core.projection import project_depth_views, views_to_images
 from opendlign_core.templates import fill_templates, get_templates
+from opendlign_core.text_cache import TextEmbeddingCache, resolve_cache_dir, text_fingerprint
 
 _logger = logging.getLogger(__name__)
 
@@ -153,9 +154,10 @@ class Classifier:
     """
     Zero-shot point-cloud classifier: projection, dual-encoder features, text matching.
 
-    Text embeddings are cached per (template set, label), so switching between label sets
-    re-encodes only new labels; :class:`LabelSet` objects are immutable, so building one never
-    disturbs one in use on another thread.
+    Text embeddings are cached per (template set, label), in memory and on disk
+    (``config.classifier.text_cache_dir``, see :mod:`opendlign_core.text_cache`), so switching
+    between label sets, or restarting, re-encodes only new labels; :class:`LabelSet` objects are
+    immutable, so building one never disturbs one in use on another thread.
 
     A model exported with its projection settings (our manifests record the projection it was
     trained on) is always fed views made that way: the manifest's projection replaces
@@ -179,6 +181,7 @@ class Classifier:
         self.config = config
         self._text_cache: Dict[Tuple[str, str], torch.Tensor] = {}
         self._cache_lock = threading.Lock()
+        self._disk_caches: Dict[str, Optional[TextEmbeddingCache]] = {}
 
     @classmethod
     def from_config(cls, config: OpenDlignConfig) -> 'Classifier':
@@ -209,13 +212,32 @@ class Classifier:
         with self._cache_lock:
             missing = [x for x in labels if (name, x) not in self._text_cache]
         if missing:
-            new = self._encode_text_classes(missing, template_list, batch_size)
+            disk = self._disk_cache(name, template_list)
+            found = disk.load(missing, self.model.embed_dim) if disk is not None else {}
+            todo = [x for x in missing if x not in found]
+            new = dict(zip(todo, self._encode_text_classes(todo, template_list, batch_size)
+                           if todo else []))
+            if disk is not None and new:
+                disk.store(new)
+            if found:
+                _logger.info('%d of %d label embeddings from the text cache %s', len(found),
+                             len(missing), disk.folder)
             with self._cache_lock:
-                for label, feature in zip(missing, new):
-                    self._text_cache[(name, label)] = feature
+                for label in missing:
+                    feature = new[label] if label in new else found[label]
+                    self._text_cache[(name, label)] = feature.to(self.model.device)
         with self._cache_lock:
             weights = torch.stack([self._text_cache[(name, x)] for x in labels])
         return LabelSet(labels=labels, weights=weights, templates=name)
+
+    def _disk_cache(self, name: str, templates: Sequence[str]) -> Optional[TextEmbeddingCache]:
+        # One fingerprint per template set, computed on first use (hashes the text tower).
+        if name not in self._disk_caches:
+            root = resolve_cache_dir(self.config.classifier.text_cache_dir)
+            self._disk_caches[name] = None if root is None else TextEmbeddingCache(
+                root, text_fingerprint(self.model.clip, self.model.tokenizer, templates,
+                                       self.model.dtype))
+        return self._disk_caches[name]
 
     def _encode_text_classes(self, labels: Sequence[str], templates: Sequence[str],
                              batch_size: int) -> List[torch.Tensor]:

@@ -131,6 +131,9 @@ class ClassifierConfig:
     top_k: int = 5
     #: Objects per encoder batch (each object contributes V images).
     batch_size: int = 8
+    #: Disk cache of label text embeddings (restarts skip the text encoder): ``'auto'``
+    #: (``$OPENDLIGN_TEXT_CACHE`` or ``~/.cache/opendlign/text``), a folder, or ``''`` for none.
+    text_cache_dir: str = 'auto'
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, 'top_k', self.top_k, '>= 1')
