@@ -216,7 +216,9 @@ def bag_from_scenes(scene_dirs: Sequence[Path], out: Path, storage: str = 'mcap'
     :param out: Bag folder to create.
     :param storage: ``'mcap'`` or ``'sqlite3'``.
     :param mode: ``'scene'``: one cloud per scene (the whole aligned mesh vertices, with their
-        colours as a packed ``rgb`` field) with every annotated ScanNet-18 box; ``'frames'``:
+        colours as a packed ``rgb`` field) with every annotated ScanNet-18 box (the semantic
+        reading ``scannet18_semantic``: real bins in our synthetic scenes, the benchmark mapping
+        in real scans); ``'frames'``:
         one cloud per exported depth frame (no colour), back-projected with the frame's camera
         pose and the scene's axis alignment into the scene frame (so consecutive frames overlap
         where they see the same surfaces), with the boxes of the instances it sees
@@ -306,9 +308,9 @@ def _scene_clouds(scene: Any, folder: Path, mode: str, frame_step: int
     from opendlign_core import scannet
     from opendlign_core.boxes import fit_aabb
 
-    objects = [i for i in scene.instances if i.scannet18 and i.box is not None]
+    objects = [i for i in scene.instances if i.scannet18_semantic and i.box is not None]
     if mode == 'scene':
-        yield scene.points, scene.colors, [(i.scannet18, i.box) for i in objects], None
+        yield scene.points, scene.colors, [(i.scannet18_semantic, i.box) for i in objects], None
         return
     align = scene.axis_alignment
     for index, frame in enumerate(scannet.read_frames(folder)):
@@ -323,9 +325,9 @@ def _scene_clouds(scene: Any, folder: Path, mode: str, frame_step: int
             for inst in objects:
                 seen = pts[ids == inst.object_id]
                 if len(seen) >= scannet.MIN_BOX_POINTS:
-                    gt.append((inst.scannet18, fit_aabb(seen)))
+                    gt.append((inst.scannet18_semantic, fit_aabb(seen)))
         else:
-            gt = [(i.scannet18, i.box) for i in objects]
+            gt = [(i.scannet18_semantic, i.box) for i in objects]
         if len(pts):
             yield pts, None, gt, pose
 
