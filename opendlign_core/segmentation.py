@@ -6,11 +6,13 @@ Input clouds are (N, 3) metres in a gravity-aligned frame with +z up
 a voxel grid so that the cost barely depends on N:
 
 1. voxel down-sampling (centroid per occupied voxel, every point keeps its voxel index);
-2. RANSAC planes (open3d): horizontal planes with almost nothing below (floor) or above
-   (ceiling), and large vertical planes with almost nothing behind them (walls) are removed
-   together with whatever lies beyond them; other planes (table tops, cabinet fronts) are kept;
-3. wall relief: objects a few cm proud of a removed wall (doors, windows, pictures) are found on
-   a median height map of the wall and become clusters of their own (:func:`wall_relief_regions`);
+2. RANSAC planes (open3d), snapped horizontal or vertical (walls by a yaw search for the
+   densest wall line): horizontal planes with almost nothing below (floor) or above (ceiling),
+   and large vertical planes with almost nothing behind them (walls) are removed together with
+   whatever lies beyond them; other planes (table tops, cabinet fronts) are kept;
+3. wall relief: objects a few cm proud of a removed wall, or flush with it but of another
+   colour (doors, windows, pictures), are found on a median height map and an optional colour
+   map of the wall and become clusters of their own (:func:`wall_relief_regions`);
 4. Euclidean clustering (connected components of the voxel neighbour graph) or open3d DBSCAN;
    clusters that a wall-noise sheet chains together are re-clustered without the sheet;
 5. optional splitting of a cluster that falls apart into several large parts at a tighter link;
@@ -253,9 +255,11 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
     :param points: (N, 3) metres, +z up (see :func:`opendlign_core.pointcloud.to_z_up`).
     :param config: Segmentation settings.
     :param seed: Seed of the RANSAC sampling (results are deterministic for a seed).
+    :param colors: Optional (N, 3) RGB of the points, 0-255; used to find objects flush with
+        walls (``config.relief_min_color``).
     :return: The labels, the clusters and the removed planes.
-    :raises ValueError: If ``points`` is not (N, 3).
-    :raises TypeError: If ``points`` is not numeric.
+    :raises ValueError: If ``points`` is not (N, 3) or ``colors`` does not match it.
+    :raises TypeError: If ``points`` or ``colors`` is not numeric.
     """
     t0 = time.perf_counter()
     pts = _check_cloud(points)
@@ -334,17 +338,24 @@ def wall_relief_regions(points: np.ndarray, inverse: np.ndarray, vox: np.ndarray
     each wall, the points whose voxels lie within ``[-cfg.relief_back, cfg.relief_front]`` of it
     (and not within ``cfg.plane_distance`` of another removed plane) are binned into
     ``cfg.relief_cell`` cells of the wall's own (along, up) coordinates. The per-cell median
-    distance, less a robust planar fit of the wall's own level (fused walls are slightly tilted
-    and offset from the removed plane) and smoothed by a 3 x 3 median filter, is a height map in
-    which the depth noise averages out. Connected cells higher than ``cfg.relief_min_height``
-    with an area of at least ``cfg.relief_min_area`` are regions; each region takes the band's
-    voxels in its cells grown by one cell.
+    distance, less a planar fit of the wall's own level (the back-most layer holding
+    ``cfg.relief_wall_share`` of the cells: a large window in front may hold more) and smoothed
+    by a 3 x 3 median filter, is a height map in which the depth noise averages out. With
+    colours, each cell's distance from the wall's own colour (a plane in (along, up) fitted over
+    the largest colour-connected segment of flush cells, so shading does not count) is a second
+    map. Cells higher than ``cfg.relief_min_height`` or off-colour by ``cfg.relief_min_color``
+    are proud; proud cells connect into regions (with colours, only where neighbours differ by
+    less than ``cfg.relief_color_link``, one-cell slivers of mixed colour joining their
+    neighbour). Regions of at least ``cfg.relief_min_area`` take the band's voxels in their cells
+    grown by one cell, unless they touch a deeper object in front (its back, which clustering
+    handles); the posts of one window frame are then joined (:func:`_group_frame_posts`).
 
     :param points: (N, 3) finite metres, +z up.
     :param inverse: (N,) voxel index of each point.
     :param vox: (M, 3) voxel centroids, metres.
     :param planes: Removed planes (normals point into the room); only walls are searched.
     :param cfg: Segmentation settings.
+    :param colors: Optional (N, 3) RGB of the points, 0-255.
     :return: Disjoint (K_i,) int64 voxel-index arrays, one per region.
     """
     out: list[np.ndarray] = []
