@@ -255,8 +255,9 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
     :param points: (N, 3) metres, +z up (see :func:`opendlign_core.pointcloud.to_z_up`).
     :param config: Segmentation settings.
     :param seed: Seed of the RANSAC sampling (results are deterministic for a seed).
-    :param colors: Optional (N, 3) RGB of the points, 0-255; used to find objects flush with
-        walls (``config.relief_min_color``).
+    :param colors: Optional (N, 3) RGB of the points, 0-255 (floats all within [0, 1] are
+        taken as 0-1 and scaled); used to find objects flush with walls
+        (``config.relief_min_color``).
     :return: The labels, the clusters and the removed planes.
     :raises ValueError: If ``points`` is not (N, 3) or ``colors`` does not match it.
     :raises TypeError: If ``points`` or ``colors`` is not numeric.
@@ -630,11 +631,17 @@ def _robust_level(iu: np.ndarray, iz: np.ndarray, med: np.ndarray, sizes: np.nda
 
 
 def _check_colors(colors: np.ndarray, n: int) -> np.ndarray:
+    # RGB in 0-255; float colours all within [0, 1] (open3d's convention) are scaled up.
     cols = np.asarray(colors)
     if cols.shape != (n, 3):
         raise ValueError(f'colors must have shape ({n}, 3) to match the points, got {cols.shape}')
     if not np.issubdtype(cols.dtype, np.number):
         raise TypeError(f'colors must be numeric, got dtype {cols.dtype}')
+    if np.issubdtype(cols.dtype, np.floating):
+        if not np.isfinite(cols).all():
+            raise ValueError('colors contain NaN or infinite values')
+        if len(cols) and cols.min() >= 0 and cols.max() <= 1:
+            cols = cols * 255.0
     return cols
 
 

@@ -296,6 +296,18 @@ def test_colors_must_match_points():
         segment_scene(pts, colors=np.zeros((9, 3)))
     with pytest.raises(TypeError, match='colors'):
         segment_scene(pts, colors=np.full((10, 3), 'x'))
+    with pytest.raises(ValueError, match='colors contain NaN'):
+        segment_scene(pts, colors=np.full((10, 3), np.nan))
+
+
+def test_unit_float_colours_are_scaled():
+    # open3d-style colours in [0, 1] find the flush door like 0-255 ones.
+    rng = np.random.default_rng(11)
+    pts, colors, _ = _colored_wall_scene(rng, [(1.5, 2.4, 2.0, 0.0, (150, 100, 40))])
+    as_255 = segment_scene(pts, colors=colors)
+    as_unit = segment_scene(pts, colors=colors / 255.0)
+    assert len(as_unit.clusters) == len(as_255.clusters) == 1
+    np.testing.assert_array_equal(as_unit.labels, as_255.labels)
 
 
 def test_level_wall_recovers_a_tilted_wall():
