@@ -6,11 +6,13 @@ recall@0.25/0.5 = fraction of ground-truth objects (wall/floor excluded, >= 50 o
 whose best axis-aligned IoU with a cluster box exceeds the threshold; over-segmentation = objects
 of which two or more clusters each hold >= 20% of the points; under-segmentation = clusters that
 hold >= 20% of the points of two or more objects. Speed: segmentation of a 300k-point scene.
-Malformed inputs: empty, single plane, NaNs, a million points.
+Malformed inputs: empty, single plane, NaNs, a million points. The scenes' colours are used
+unless ``--no-colors`` (geometry only).
 
 Usage::
 
     python benchmarks/bench_segmentation.py --split eval --count 20 --seed 2024
+    python benchmarks/bench_segmentation.py --split eval --count 20 --seed 2024 --no-colors
 """
 
 import argparse
