@@ -281,6 +281,12 @@ def main(args: Optional[List[str]] = None) -> int:
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except RCLError:
+            # A SIGTERM/SIGINT shuts the context down while the executor may be building its
+            # next wait set; rclpy then raises a plain RCLError ('context is not valid')
+            # instead of ExternalShutdownException. That is a normal stop, anything else is not.
+            if rclpy.ok():
+                raise
         finally:
             # A second Ctrl-C (or a process-group SIGINT) must not interrupt the teardown.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
