@@ -281,12 +281,15 @@ def main(args: Optional[List[str]] = None) -> int:
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
-        except RCLError:
+        except Exception as e:  # noqa: BLE001 - only errors during a requested stop pass
             # A SIGTERM/SIGINT shuts the context down while the executor may be building its
-            # next wait set; rclpy then raises a plain RCLError ('context is not valid')
-            # instead of ExternalShutdownException. That is a normal stop, anything else is not.
+            # next wait set (rclpy then raises RCLError 'context is not valid' instead of
+            # ExternalShutdownException) or while a callback runs (the executor re-raises its
+            # error). After the context is gone that is a normal stop; before, it is a bug.
             if rclpy.ok():
                 raise
+            rclpy.logging.get_logger(NODE_NAME).info(
+                f'stopped; error during shutdown ignored: {type(e).__name__}: {e}')
         finally:
             # A second Ctrl-C (or a process-group SIGINT) must not interrupt the teardown.
             signal.signal(signal.SIGINT, signal.SIG_IGN)

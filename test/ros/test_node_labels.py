@@ -68,4 +68,5 @@ def test_label_update_from_another_process(tmp_path):
             client.spin_until(lambda: client.last_counters().get('label_generation') == 1, 10)
         finally:
             client.close()
-        assert process.stop() in (0, -15)
+        code = process.stop()
+        assert code in (0, -15), (tmp_path / 'node.log').read_text()[-4000:]
