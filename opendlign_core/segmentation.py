@@ -497,8 +497,10 @@ def _group_frame_posts(vox: np.ndarray, regions: Sequence[tuple[np.ndarray, np.n
         glo, ghi = lo[members].min(axis=0), hi[members].max(axis=0)
         inside = (np.all(lo >= glo - cfg.relief_post_width, axis=1)
                   & np.all(hi <= ghi + cfg.relief_post_width, axis=1))
-        for c in np.flatnonzero(inside & (group == np.arange(len(regions)))):
-            if c not in members and all(same_color(c, m) for m in members):
+        alone = (group == np.arange(len(regions))) & (np.bincount(group, minlength=len(group))
+                                                      == 1)
+        for c in np.flatnonzero(inside & alone):
+            if all(same_color(c, m) for m in members):
                 group[c] = g
     return [np.concatenate([regions[k][0] for k in np.flatnonzero(group == g)])
             for g in np.unique(group)]
