@@ -8,6 +8,7 @@ from opendlign_core.pointcloud import to_z_up, up_rotation
 from opendlign_core.segmentation import (
     _absorb_slivers,
     _color_segments,
+    _group_frame_posts,
     _level_wall,
     euclidean_clusters,
     merge_stacked_parts,
@@ -379,3 +380,29 @@ def test_absorb_slivers_hand_grid():
     assert (out[1:3, 6:8] == 3).all()
     assert (out == 2).sum() == 0
     assert (out[grid == 0] == 0).all()
+
+
+def test_group_frame_posts_hand_case():
+    # Wall along +x. Posts A (x 0-0.08, z 0-1.4) and B (x 1.0-1.08, z 0.4-1.4) of one colour,
+    # a sill C between them, a post D of another colour beside B, a far post E.
+    def strip(x0, x1, z0, z1):
+        x, z = np.meshgrid(np.arange(x0, x1 + 1e-9, 0.04), np.arange(z0, z1 + 1e-9, 0.04))
+        return np.c_[x.ravel(), np.zeros(x.size), z.ravel()]
+
+    parts = [strip(0, 0.08, 0, 1.4), strip(1.0, 1.08, 0.4, 1.4), strip(0.12, 0.96, 0.0, 0.08),
+             strip(1.2, 1.28, 0.4, 1.4), strip(3.5, 3.58, 0, 1.4)]
+    colours = [(90, 60, 40), (92, 61, 40), (88, 60, 42), (200, 200, 40), (90, 60, 40)]
+    vox = np.vstack(parts)
+    idx = np.cumsum([0] + [len(p) for p in parts])
+    regions = [(np.arange(idx[k], idx[k + 1]), np.array(colours[k], float)) for k in range(5)]
+    out = _group_frame_posts(vox, regions, np.array([1.0, 0, 0]), SegmentationConfig())
+    as_sets = sorted(sorted(set((np.searchsorted(idx, o, side='right') - 1).tolist()))
+                     for o in out)
+    assert as_sets == [[0, 1, 2], [3], [4]]
+    # Without colours the near post of the other colour joins too (gap 0.12 m, same heights).
+    plain = [(m, None) for m, _ in regions]
+    out = _group_frame_posts(vox, plain, np.array([1.0, 0, 0]), SegmentationConfig())
+    assert len(out) == 2
+    off = _group_frame_posts(vox, regions, np.array([1.0, 0, 0]),
+                             SegmentationConfig(relief_frame_span=0))
+    assert len(off) == 5
