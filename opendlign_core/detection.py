@@ -23,7 +23,7 @@ import numpy as np
 from opendlign_core.boxes import Box3D, fit_aabb, fit_oriented_box, nms_3d
 from opendlign_core.config import DetectorConfig
 from opendlign_core.pointcloud import to_z_up
-from opendlign_core.segmentation import segment_scene
+from opendlign_core.segmentation import check_colors, segment_scene
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +139,7 @@ class Detector:
             raise ValueError(f'points must have shape (N, 3), got {pts.shape}')
         if not np.issubdtype(pts.dtype, np.number):
             raise TypeError(f'points must be numeric, got dtype {pts.dtype}')
-        cols = None
-        if colors is not None:
-            cols = np.asarray(colors)
-            if cols.shape != pts.shape:
-                raise ValueError(f'colors must have shape {pts.shape} to match the points, '
-                                 f'got {cols.shape}')
-            if not np.issubdtype(cols.dtype, np.number):
-                raise TypeError(f'colors must be numeric (0-255 RGB), got dtype {cols.dtype}')
+        cols = check_colors(colors, len(pts)) if colors is not None else None
         index = np.flatnonzero(np.isfinite(pts).all(axis=1))
         if len(index) > self.config.max_points:
             rng = np.random.default_rng(self.config.seed)

@@ -271,7 +271,7 @@ def segment_scene(points: np.ndarray, config: SegmentationConfig = SegmentationC
     work = pts[valid] if valid is not None else pts
     cols = None
     if colors is not None:
-        cols = _check_colors(colors, n)
+        cols = check_colors(colors, n)
         cols = cols[valid] if valid is not None else cols
     if len(work) == 0:
         return SegmentationResult(labels, (), (), 0, {'total': 0.0})
@@ -632,8 +632,16 @@ def _robust_level(iu: np.ndarray, iz: np.ndarray, med: np.ndarray, sizes: np.nda
     return level
 
 
-def _check_colors(colors: np.ndarray, n: int) -> np.ndarray:
-    # RGB in 0-255; float colours all within [0, 1] (open3d's convention) are scaled up.
+def check_colors(colors: np.ndarray, n: int) -> np.ndarray:
+    """
+    Validate per-point colours; float colours all within [0, 1] (open3d's) are scaled to 0-255.
+
+    :param colors: (n, 3) numeric RGB, 0-255 (or 0-1 floats).
+    :param n: Number of points they belong to.
+    :return: (n, 3) colours in 0-255 units.
+    :raises ValueError: If the shape is not (n, 3) or a float colour is not finite.
+    :raises TypeError: If ``colors`` is not numeric.
+    """
     cols = np.asarray(colors)
     if cols.shape != (n, 3):
         raise ValueError(f'colors must have shape ({n}, 3) to match the points, got {cols.shape}')

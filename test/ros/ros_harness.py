@@ -24,6 +24,17 @@ TINY = {'model_name': 'OpenDlign-Tiny-Test', 'weights_path': '',
         'labels': ['chair', 'table', 'lamp'], 'projection.resolution': 64}
 
 
+def assert_clean_stop(process: Any, log_path: Any) -> None:
+    """
+    Stop a node process and check it ended normally (0 or SIGTERM), showing its log if not.
+
+    :param process: A running :class:`opendlign_ros.node_process.NodeProcess`.
+    :param log_path: The file its output went to.
+    """
+    code = process.stop()
+    assert code in (0, -15), f'exit {code}:\n' + open(log_path).read()[-4000:]
+
+
 def unique_domain_id() -> int:
     """Return a ROS domain id unlikely to be used by a concurrent test process."""
     return 1 + (os.getpid() * 13 + next(_counter) * 7) % 100

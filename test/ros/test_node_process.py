@@ -2,7 +2,7 @@
 
 from builtin_interfaces.msg import Time
 import pytest
-from ros_harness import TINY, RosClient, unique_domain_id
+from ros_harness import TINY, RosClient, assert_clean_stop, unique_domain_id
 from scene_clouds import scene_points
 from std_msgs.msg import Header
 
@@ -46,8 +46,7 @@ def test_cloud_in_detections_out_with_header_and_type_hash(tmp_path):
             assert str(infos[0].topic_type_hash) == DETECTION3DARRAY_HASH
         finally:
             client.close()
-        code = process.stop()
-        assert code in (0, -15), (tmp_path / 'node.log').read_text()[-4000:]
+        assert_clean_stop(process, tmp_path / 'node.log')
 
 
 def test_missing_weights_exit_with_clear_message(tmp_path):
