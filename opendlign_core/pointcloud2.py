@@ -11,9 +11,23 @@ Layout rules (REP-0104 / ``sensor_msgs/PointField``):
   ``count`` values of ``datatype`` (1..8 = INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32,
   FLOAT64). Bytes that no field covers are padding.
 * A row is ``row_step`` bytes holding ``width`` points; bytes after ``width * point_step`` are row
-  padding. ``len(data) == row_step * height``.
+  padding. ``len(data) == row_step * height``. A cloud with ``width * height == 0`` is empty
+  (not an error).
 * Multi-byte values are big-endian when ``is_bigendian`` is true, little-endian otherwise.
 * ``is_dense`` is only a hint; non-finite points are filtered here regardless.
+
+Real drivers (PCL's ``toROSMsg``, Ouster, Velodyne, Livox, RealSense, ZED) describe fields the
+decoders never read in many ways PCL accepts: padding fields named ``_`` (several per point),
+fields with ``count`` 0, an empty name or datatype 0, repeated names, fields overlapping each
+other (``rgb`` plus ``r``/``g``/``b`` over the same bytes). Only the fields a decoder *reads*
+(``x``, ``y``, ``z`` and the chosen colour fields) are validated; every other field is ignored.
+A read field with ``count`` 0 is read as one value, as PCL does (its ``FieldMatches``, PCL bug
+#821). Errors are contradictions among read fields: a read field repeated with a different
+layout, two read fields overlapping, a read field with an unknown datatype, a negative offset or
+bytes beyond ``point_step``.
+
+Coordinates decode to float32, or to float64 when any of ``x``, ``y``, ``z`` is FLOAT64, so that
+double-precision clouds far from the origin (UTM, map frames) keep their precision.
 
 Colour (:func:`decode_xyz_rgb`, ``encode_xyz(..., colors=...)``) follows the PCL conventions:
 
@@ -104,47 +118,55 @@ class FieldSpec:
 
 def dtype_from_fields(
     fields: Sequence[FieldSpec], point_step: int, is_bigendian: bool = False,
+    names: Optional[Sequence[str]] = None,
 ) -> np.dtype:
     """
-    Build the structured NumPy dtype of one point, validating the field list.
+    Build the structured NumPy dtype of one point, validating the fields it holds.
+
+    Padding fields (an empty name, a name starting with ``_``, ``count`` 0 or datatype 0) and,
+    when ``names`` is given, every field not named there are left out without any check. The
+    fields kept are validated; a kept field may appear several times with the same layout, and
+    kept fields may overlap (NumPy reads overlapping fields independently).
 
     :param fields: The point's fields, in any order.
     :param point_step: Bytes per point (the dtype's ``itemsize``); trailing bytes are padding.
     :param is_bigendian: Byte order of multi-byte values in the buffer.
-    :return: A structured dtype with one entry per field (subarray of shape ``(count,)`` when
-        ``count > 1``) at its offset, with ``itemsize == point_step``.
+    :param names: Names of the fields to keep (``None``: every field that is not padding). A
+        kept field with ``count`` 0 is read as one value (PCL's convention).
+    :return: A structured dtype with one entry per kept field (subarray of shape ``(count,)``
+        when ``count > 1``) at its offset, with ``itemsize == point_step``.
     :raises TypeError: If an attribute has the wrong type.
-    :raises ValueError: If there are no fields, a name is empty or repeated, a datatype is not
-        1..8, a count is below 1, an offset is negative, a field ends beyond ``point_step``, or
-        two fields overlap.
+    :raises ValueError: If ``point_step`` is below 1, there are no fields, or a kept field has a
+        datatype other than 1..8, a negative offset, bytes beyond ``point_step``, or appears
+        again with a different offset, datatype or count.
     """
     point_step = _check_int('point_step', point_step)
     if point_step < 1:
         raise ValueError(f'point_step must be >= 1, got {point_step}')
     if not isinstance(is_bigendian, (bool, np.bool_)):
         raise TypeError(f'is_bigendian must be a bool, got {type(is_bigendian).__name__}')
-    if isinstance(fields, (str, bytes)) or not isinstance(fields, Sequence):
-        raise TypeError(f'fields must be a sequence of FieldSpec, got {type(fields).__name__}')
+    _check_fields(fields)
     if len(fields) == 0:
         raise ValueError('fields is empty: a point cloud needs at least the x, y, z fields')
+    wanted = None if names is None else set(names)
 
     order = '>' if is_bigendian else '<'
-    names, formats, offsets, spans = [], [], [], []
-    for index, field in enumerate(fields):
+    kept: Dict[str, Tuple[int, int, int]] = {}
+    for field in fields:
         name = field.name
-        if not isinstance(name, str):
-            raise TypeError(f'fields[{index}].name must be a str, got {type(name).__name__}')
-        if not name:
-            raise ValueError(f'fields[{index}] has an empty name')
-        if name in names:
-            raise ValueError(f'field name {name!r} appears more than once')
-        offset = _check_int(f'field {name!r} offset', field.offset)
-        datatype = _check_int(f'field {name!r} datatype', field.datatype)
-        count = _check_int(f'field {name!r} count', field.count)
+        if wanted is None:
+            if _is_padding(field):
+                continue
+        elif name not in wanted:
+            continue
+        offset = field.offset
+        datatype = field.datatype
+        # PCL reads a scalar field declared with count 0 as one value (PCL bug #821).
+        count = max(field.count, 1)
         if offset < 0:
             raise ValueError(f'field {name!r} has a negative offset {offset}')
-        if count < 1:
-            raise ValueError(f'field {name!r} has count {count}; expected >= 1')
+        if field.count < 0:
+            raise ValueError(f'field {name!r} has count {field.count}; expected >= 1')
         kind, size = DATATYPES.get(datatype, (None, 0))
         if kind is None:
             raise ValueError(
@@ -154,19 +176,50 @@ def dtype_from_fields(
         if end > point_step:
             raise ValueError(
                 f'field {name!r} spans bytes [{offset}, {end}) beyond point_step {point_step}')
-        base = np.dtype(order + kind) if size > 1 else np.dtype(kind)
-        names.append(name)
-        formats.append(base if count == 1 else np.dtype((base, (count,))))
-        offsets.append(offset)
-        spans.append((offset, end, name))
-
-    spans.sort()
-    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
-        if start_b < end_a:
+        layout = (offset, datatype, count)
+        if name in kept and kept[name] != layout:
             raise ValueError(
-                f'fields {name_a!r} and {name_b!r} overlap (bytes {start_b}..{end_a - 1})')
-    return np.dtype({'names': names, 'formats': formats, 'offsets': offsets,
+                f'field name {name!r} appears more than once with different layouts: '
+                f'(offset, datatype, count) {kept[name]} and {layout}')
+        kept[name] = layout
+
+    formats = []
+    for offset, datatype, count in kept.values():
+        kind, size = DATATYPES[datatype]
+        base = np.dtype(order + kind) if size > 1 else np.dtype(kind)
+        formats.append(base if count == 1 else np.dtype((base, (count,))))
+    return np.dtype({'names': list(kept), 'formats': formats,
+                     'offsets': [layout[0] for layout in kept.values()],
                      'itemsize': point_step})
+
+
+def _check_fields(fields: Any) -> None:
+    """
+    Check the types of a field list's attributes (values are checked where they are used).
+
+    :param fields: Candidate sequence of :class:`FieldSpec`.
+    :raises TypeError: If ``fields`` is not a sequence or an attribute has the wrong type.
+    """
+    if isinstance(fields, (str, bytes)) or not isinstance(fields, Sequence):
+        raise TypeError(f'fields must be a sequence of FieldSpec, got {type(fields).__name__}')
+    for index, field in enumerate(fields):
+        if not isinstance(field.name, str):
+            raise TypeError(
+                f'fields[{index}].name must be a str, got {type(field.name).__name__}')
+        for attribute in ('offset', 'datatype', 'count'):
+            _check_int(f'field {field.name!r} {attribute}', getattr(field, attribute))
+
+
+def _is_padding(field: FieldSpec) -> bool:
+    """
+    Tell whether a field carries no information (PCL padding and its relatives).
+
+    :param field: A field whose attribute types are checked.
+    :return: True for an empty name, a name starting with ``_`` (PCL names padding ``_``), a
+        count of 0 or below, or datatype 0.
+    """
+    return (not field.name or field.name.startswith('_') or field.count <= 0
+            or field.datatype == 0)
 
 
 def decode_xyz(
@@ -189,27 +242,29 @@ def decode_xyz(
     :param data: The message's ``data``: ``bytes``, ``bytearray``, ``memoryview``,
         ``array.array`` or a contiguous NumPy array (any object exposing a contiguous buffer).
     :param fields: The message's fields as :class:`FieldSpec`; must contain scalar ``x``, ``y``
-        and ``z`` of any datatype.
+        and ``z`` of any datatype. Other fields are not read and not checked (see the module
+        docstring).
     :param point_step: Bytes per point.
-    :param width: Points per row (``>= 1``).
-    :param height: Rows (``>= 1``; ``1`` for an unorganised cloud).
+    :param width: Points per row (``0`` for an empty cloud).
+    :param height: Rows (``1`` for an unorganised cloud, ``0`` for an empty one).
     :param row_step: Bytes per row, ``>= width * point_step``.
     :param is_bigendian: Byte order of the buffer's multi-byte values.
     :param skip_nans: Drop points with any non-finite coordinate (NaN or infinity); when false,
         return all ``width * height`` points in row-major order.
     :param max_points: Reject clouds with more than this many points (``None``: no cap).
-    :return: ``(N, 3)`` float32 array of coordinates in the cloud's frame (metres for ROS
-        clouds), a fresh C-contiguous array that does not alias ``data``. ``N`` may be 0 when
-        ``skip_nans`` is true and no point is finite. Integer coordinates are converted without
-        scaling.
+    :return: ``(N, 3)`` array of coordinates in the cloud's frame (metres for ROS clouds), a
+        fresh C-contiguous array that does not alias ``data``: float64 when any of x, y, z is
+        FLOAT64 (values exact), else float32. ``N`` is 0 for an empty cloud (``width * height
+        == 0``; the fields are then not required) and when ``skip_nans`` is true and no point
+        is finite. Integer coordinates are converted without scaling.
     :raises TypeError: If ``data`` does not expose a buffer or an attribute has the wrong type.
-    :raises ValueError: If the metadata is inconsistent: see :func:`dtype_from_fields`, plus an
-        empty cloud (``width`` or ``height`` 0), more than ``max_points`` points, a missing or
-        non-scalar x/y/z field, ``row_step < width * point_step``, or
-        ``len(data) != row_step * height``.
+    :raises ValueError: If the metadata is inconsistent: see :func:`dtype_from_fields` (applied
+        to x, y, z only), plus a negative size, more than ``max_points`` points, a missing or
+        non-scalar x/y/z field, two of x, y, z overlapping, ``row_step < width * point_step``,
+        or ``len(data) != row_step * height``.
     """
-    points = _point_view(data, fields, point_step, width, height, row_step, is_bigendian,
-                         max_points)
+    points, _ = _point_view(data, fields, point_step, width, height, row_step, is_bigendian,
+                            max_points, colour=False)
     xyz = _xyz_of(points)
     if skip_nans:
         finite = np.isfinite(xyz).all(axis=1)
@@ -249,25 +304,25 @@ def decode_xyz_rgb(
     :param fields: The message's fields as :class:`FieldSpec`; must contain scalar ``x``, ``y``
         and ``z`` of any datatype, and may contain one of the colour layouts above.
     :param point_step: Bytes per point.
-    :param width: Points per row (``>= 1``).
-    :param height: Rows (``>= 1``; ``1`` for an unorganised cloud).
+    :param width: Points per row (``0`` for an empty cloud).
+    :param height: Rows (``1`` for an unorganised cloud, ``0`` for an empty one).
     :param row_step: Bytes per row, ``>= width * point_step``.
     :param is_bigendian: Byte order of the buffer's multi-byte values, colour included.
     :param skip_nans: Drop points with any non-finite coordinate (NaN or infinity) from both
         outputs; when false, return all ``width * height`` points in row-major order.
     :param max_points: Reject clouds with more than this many points (``None``: no cap).
-    :return: ``(xyz, rgb)``: ``xyz`` is the ``(N, 3)`` float32 array :func:`decode_xyz`
-        returns; ``rgb`` is an ``(N, 3)`` uint8 array of red, green, blue (0..255) for the same
-        rows, or ``None`` when the cloud has no colour field. Both are fresh C-contiguous
-        arrays that do not alias ``data``.
+    :return: ``(xyz, rgb)``: ``xyz`` is the ``(N, 3)`` float32 or float64 array
+        :func:`decode_xyz` returns; ``rgb`` is an ``(N, 3)`` uint8 array of red, green, blue
+        (0..255) for the same rows, or ``None`` when the cloud has no colour field. Both are
+        fresh C-contiguous arrays that do not alias ``data``.
     :raises TypeError: If ``data`` does not expose a buffer or an attribute has the wrong type.
     :raises ValueError: For the metadata errors of :func:`decode_xyz`, a colour field with
         ``count > 1``, an ``rgb``/``rgba`` field whose datatype is not FLOAT32, UINT32 or INT32,
-        or only some of ``r``, ``g``, ``b`` present (without an ``rgb``/``rgba`` field).
+        only some of ``r``, ``g``, ``b`` present (without an ``rgb``/``rgba`` field), or a
+        colour field overlapping another read field.
     """
-    points = _point_view(data, fields, point_step, width, height, row_step, is_bigendian,
-                         max_points)
-    colour_names = _colour_fields(fields)
+    points, colour_names = _point_view(data, fields, point_step, width, height, row_step,
+                                       is_bigendian, max_points, colour=True)
     xyz = _xyz_of(points)
     rgb = None if colour_names is None else _rgb_of(points, colour_names)
     if skip_nans:
@@ -373,33 +428,60 @@ def _point_view(
     row_step: int,
     is_bigendian: bool,
     max_points: Optional[int],
-) -> np.ndarray:
+    colour: bool,
+) -> Tuple[np.ndarray, Optional[Tuple[str, ...]]]:
     """
     Validate a PointCloud2's metadata and buffer and view the buffer as structured points.
 
     Shared by the decoders; the parameters and errors are those of :func:`decode_xyz`.
 
-    :return: ``(height, width)`` structured array aliasing ``data`` (strides ``row_step`` and
-        ``point_step``, so row padding is skipped without a copy).
+    :param colour: Also pick and validate the colour fields (:func:`_colour_fields`).
+    :return: ``(points, colour_names)``: a ``(height, width)`` structured array holding only the
+        read fields and aliasing ``data`` (strides ``row_step`` and ``point_step``, so row
+        padding is skipped without a copy), and the colour layout (``None`` without colour or
+        when ``colour`` is false). An empty cloud gives a ``(0,)`` array of x, y, z.
     """
     width = _check_int('width', width)
     height = _check_int('height', height)
     row_step = _check_int('row_step', row_step)
-    if width < 1 or height < 1:
-        raise ValueError(f'empty cloud: width={width}, height={height}; both must be >= 1')
+    point_step = _check_int('point_step', point_step)
+    if width < 0 or height < 0 or row_step < 0:
+        raise ValueError(f'width, height and row_step must be >= 0, got width={width}, '
+                         f'height={height}, row_step={row_step}')
     num_points = width * height
     if max_points is not None and num_points > max_points:
         raise ValueError(
             f'cloud has {num_points} points (width={width} x height={height}), over the cap '
             f'max_points={max_points}')
-    dtype = dtype_from_fields(fields, point_step, is_bigendian)
+    _check_fields(fields)
+    if num_points == 0:
+        size, expected = len(_as_bytes(data)), row_step * height
+        if size != expected:
+            raise ValueError(f'data is too {"short" if size < expected else "long"}: {size} '
+                             f'bytes, expected row_step * height = {row_step} * {height} = '
+                             f'{expected}')
+        if len(fields) == 0 or point_step < 1 or any(
+                name not in {f.name for f in fields} for name in XYZ):
+            # E.g. a default-constructed message (no fields, point_step 0): nothing to read.
+            return np.zeros(0, dtype=[(name, _empty_xyz_dtype(fields)) for name in XYZ]), None
+    colour_names = _colour_fields(fields) if colour else None
+    read = XYZ + (colour_names or ())
+    dtype = dtype_from_fields(fields, point_step, is_bigendian, names=read)
     for name in XYZ:
         if name not in dtype.names:
-            raise ValueError(
-                f'field {name!r} is missing; fields are {list(dtype.names)}')
+            present = sorted({f.name for f in fields if not _is_padding(f)})
+            raise ValueError(f'field {name!r} is missing; fields are {present}')
+    for name in read:
         if dtype.fields[name][0].shape != ():
+            kind = 'colour field' if name not in XYZ else 'field'
             raise ValueError(
-                f'field {name!r} has count {dtype.fields[name][0].shape[0]}; expected 1')
+                f'{kind} {name!r} has count {dtype.fields[name][0].shape[0]}; expected 1')
+    spans = sorted((dtype.fields[name][1], dtype.fields[name][1] + dtype.fields[name][0].itemsize,
+                    name) for name in read)
+    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            raise ValueError(
+                f'fields {name_a!r} and {name_b!r} overlap (bytes {start_b}..{end_a - 1})')
     if row_step < width * point_step:
         raise ValueError(
             f'row_step {row_step} is smaller than width * point_step = {width} * {point_step} '
@@ -411,8 +493,21 @@ def _point_view(
         raise ValueError(
             f'data is too {kind}: {buffer.size} bytes, expected row_step * height = '
             f'{row_step} * {height} = {expected}')
+    if num_points == 0:
+        return np.zeros(0, dtype=dtype), colour_names
     return np.ndarray(shape=(height, width), dtype=dtype, buffer=buffer,
-                      strides=(row_step, point_step))
+                      strides=(row_step, point_step)), colour_names
+
+
+def _empty_xyz_dtype(fields: Sequence[FieldSpec]) -> np.dtype:
+    """
+    Return the coordinate dtype of an empty cloud whose layout cannot be built.
+
+    :param fields: Fields with checked attribute types.
+    :return: float64 when a field named x, y or z is FLOAT64, else float32.
+    """
+    wide = any(f.name in XYZ and f.datatype == FLOAT64 for f in fields)
+    return np.dtype(np.float64 if wide else np.float32)
 
 
 def _xyz_of(points: np.ndarray) -> np.ndarray:
@@ -420,51 +515,51 @@ def _xyz_of(points: np.ndarray) -> np.ndarray:
     Copy the coordinates out of a structured point view, without filtering.
 
     :param points: Structured view from :func:`_point_view`.
-    :return: ``(height * width, 3)`` float32 array, row-major.
+    :return: ``(height * width, 3)`` float64 array when any coordinate field is FLOAT64 (so
+        that doubles lose nothing), else float32; row-major.
     """
-    xyz = np.empty((points.size, 3), dtype=np.float32)
+    wide = any(points.dtype.fields[name][0].kind == 'f' and points.dtype.fields[name][0].itemsize
+               == 8 for name in XYZ)
+    xyz = np.empty((points.size, 3), dtype=np.float64 if wide else np.float32)
     for column, name in enumerate(XYZ):
-        # Assignment casts and byte-swaps to native float32 in one pass.
+        # Assignment casts and byte-swaps to the native output type in one pass.
         xyz[:, column] = points[name].reshape(-1)
     return xyz
 
 
 def _colour_fields(fields: Sequence[FieldSpec]) -> Optional[Tuple[str, ...]]:
     """
-    Pick and validate the colour layout of an already validated field list.
+    Pick and validate the colour layout of a field list.
 
-    :param fields: Fields accepted by :func:`dtype_from_fields`.
+    Fields with an empty name, a name starting with ``_`` or datatype 0 never count as colour.
+
+    :param fields: Fields with checked attribute types.
     :return: ``(name,)`` for a packed ``rgb``/``rgba`` field, ``('r', 'g', 'b')`` for separate
         channels, or ``None`` when there is no colour field.
-    :raises ValueError: If the chosen colour fields are not scalar, a packed field is not
-        FLOAT32, UINT32 or INT32, or only some of ``r``, ``g``, ``b`` are present.
+    :raises ValueError: If a packed field is not FLOAT32, UINT32 or INT32, or only some of
+        ``r``, ``g``, ``b`` are present. Counts, offsets and repeats are checked with the
+        coordinates.
     """
-    by_name = {field.name: field for field in fields}
+    by_name = {field.name: field for field in fields
+               if field.name and not field.name.startswith('_') and field.datatype != 0}
     for name in PACKED_RGB:
         if name in by_name:
             field = by_name[name]
             if field.datatype not in PACKED_RGB_DATATYPES:
                 raise ValueError(
                     f'colour field {name!r} has datatype {field.datatype} '
-                    f'({_DATATYPE_NAMES[field.datatype]}); expected FLOAT32 (7), UINT32 (6) or '
-                    'INT32 (5) holding packed 0x00RRGGBB bits')
-            names: Tuple[str, ...] = (name,)
-            break
-    else:
-        present = [name for name in RGB if name in by_name]
-        if not present:
-            return None
-        if len(present) < len(RGB):
-            missing = [name for name in RGB if name not in by_name]
-            raise ValueError(
-                f'colour fields r, g, b must all be present; missing {missing} '
-                f'(fields are {list(by_name)})')
-        names = RGB
-    for name in names:
-        if by_name[name].count != 1:
-            raise ValueError(
-                f'colour field {name!r} has count {by_name[name].count}; expected 1')
-    return names
+                    f'({_DATATYPE_NAMES.get(field.datatype, "unknown")}); expected FLOAT32 (7), '
+                    'UINT32 (6) or INT32 (5) holding packed 0x00RRGGBB bits')
+            return (name,)
+    present = [name for name in RGB if name in by_name]
+    if not present:
+        return None
+    if len(present) < len(RGB):
+        missing = [name for name in RGB if name not in by_name]
+        raise ValueError(
+            f'colour fields r, g, b must all be present; missing {missing} '
+            f'(fields are {list(by_name)})')
+    return RGB
 
 
 def _rgb_of(points: np.ndarray, names: Tuple[str, ...]) -> np.ndarray:

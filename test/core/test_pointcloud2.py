@@ -131,18 +131,21 @@ MALFORMED = [
     (dict(point_step=8), "field 'z' spans bytes [8, 12) beyond point_step 8"),
     (dict(point_step=0), 'point_step must be >= 1, got 0'),
     (dict(row_step=20), 'row_step 20 is smaller than width * point_step'),
-    (dict(width=0, row_step=0), 'empty cloud: width=0'),
-    (dict(height=0), 'empty cloud: width=2, height=0'),
+    # An empty cloud is valid, but not with a buffer that holds points.
+    (dict(width=0, row_step=0), 'data is too long: 24 bytes, expected row_step * height = 0'),
+    (dict(height=0), 'data is too long: 24 bytes, expected row_step * height = 24 * 0 = 0'),
+    (dict(width=-1), 'width, height and row_step must be >= 0, got width=-1'),
     (dict(fields=()), 'fields is empty'),
     (dict(fields=XYZ32[:2]), "field 'z' is missing"),
     (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('z', 8, 9))), 'unknown datatype 9'),
     (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('z', 8, 0))), 'unknown datatype 0'),
-    (dict(fields=XYZ32 + (FieldSpec('x', 0, 7),)), "field name 'x' appears more than once"),
+    (dict(fields=XYZ32 + (FieldSpec('x', 0, 8),)), "field name 'x' appears more than once"),
     (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('z', -4, 7))), 'negative offset -4'),
     (dict(fields=(XYZ32[0], FieldSpec('y', 2, 7), XYZ32[2])), "fields 'x' and 'y' overlap"),
-    (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('z', 8, 7, 0))), 'has count 0'),
+    (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('z', 8, 7, -1))), "'z' has count -1"),
     (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('z', 8, 2, 4))), "field 'z' has count 4"),
-    (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('', 8, 7))), 'empty name'),
+    (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('', 8, 7))), "field 'z' is missing"),
+    (dict(fields=(XYZ32[0], XYZ32[1], FieldSpec('z', 4, 7))), "fields 'y' and 'z' overlap"),
     (dict(height=2, row_step=24), 'data is too short: 24 bytes, expected'),
 ]
 
@@ -396,3 +399,221 @@ def test_encode_rejects_bad_colors():
         encode_xyz(points, point_step=12, colors=np.zeros((4, 3), np.uint8))
     with pytest.raises(ValueError, match='point_step must be >= 28 for datatype 8 with colors'):
         encode_xyz(points, pc2.FLOAT64, 24, colors=np.zeros((4, 3), np.uint8))
+
+
+# ---- real driver layouts (issue 10 item 1) ----------------------------------------------------
+
+# Ouster-like 48-byte point: x, y, z f4 @0/4/8, 4-byte '_' @12, intensity f4 @16, t u4 @20,
+# reflectivity u2 @24, ring u1 @26, 1-byte '_' @27, noise u2 @28, 2-byte '_' @30, range u4 @32,
+# 12-byte '_' @36.
+OUSTER_FORMAT = 'fff4xfIHBxH2xI12x'
+OUSTER_ROWS = [(1.5, -2.25, 0.125, 10.0, 7, 300, 5, 2, 4000),
+               (-3.0, 4.5, 1.75, 20.0, 8, 301, 6, 3, 5000)]
+
+
+def _ouster_fields(pad_datatype, pad_count):
+    def pad(offset, size):
+        count = size if pad_count is None else pad_count
+        return FieldSpec('_', offset, pad_datatype, count)
+
+    return (FieldSpec('x', 0, pc2.FLOAT32), FieldSpec('y', 4, pc2.FLOAT32),
+            FieldSpec('z', 8, pc2.FLOAT32), pad(12, 4),
+            FieldSpec('intensity', 16, pc2.FLOAT32), FieldSpec('t', 20, pc2.UINT32),
+            FieldSpec('reflectivity', 24, pc2.UINT16), FieldSpec('ring', 26, pc2.UINT8),
+            pad(27, 1), FieldSpec('noise', 28, pc2.UINT16), pad(30, 2),
+            FieldSpec('range', 32, pc2.UINT32), pad(36, 12))
+
+
+@pytest.mark.parametrize('pad_datatype,pad_count', [
+    (pc2.UINT8, None), (0, None), (0, 0), (pc2.UINT8, 1), (pc2.FLOAT32, 1)])
+@pytest.mark.parametrize('bigendian', [False, True])
+def test_decode_ouster_layout_with_repeated_padding_fields(pad_datatype, pad_count, bigendian):
+    order = '>' if bigendian else '<'
+    data = b''.join(struct.pack(order + OUSTER_FORMAT, *r) for r in OUSTER_ROWS)
+    assert len(data) == 96
+    fields = _ouster_fields(pad_datatype, pad_count)
+    out = _decode(data, fields, point_step=48, is_bigendian=bigendian)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[1.5, -2.25, 0.125], [-3.0, 4.5, 1.75]])
+    xyz, rgb = _decode_rgb(data, fields, point_step=48, is_bigendian=bigendian)
+    assert rgb is None
+    np.testing.assert_array_equal(xyz, out)
+
+
+# x, y, z f4 @0/4/8, rgb u4 @12 = 0x00112233, point_step 20: bytes 16..19 hold whatever the
+# extra fields describe.
+_EXTRA_LAYOUTS = {
+    'count_0': (FieldSpec('intensity', 16, pc2.FLOAT32, 0),),
+    'empty_name': (FieldSpec('', 16, pc2.FLOAT32),),
+    'datatype_0': (FieldSpec('pad', 16, 0, 4),),
+    'unknown_datatype': (FieldSpec('ring', 16, 42),),
+    'repeated_unread_names': (FieldSpec('intensity', 16, pc2.UINT16),
+                              FieldSpec('intensity', 18, pc2.UINT8)),
+    'unread_fields_overlap': (FieldSpec('intensity', 16, pc2.FLOAT32),
+                              FieldSpec('ring', 17, pc2.UINT16)),
+    'rgba_channels_over_rgb': (FieldSpec('a', 15, pc2.UINT8), FieldSpec('rgba', 12, 42)),
+    'unread_beyond_point_step': (FieldSpec('t', 18, pc2.UINT32),),
+    'unread_negative_offset': (FieldSpec('t', -4, pc2.UINT32),),
+    'repeated_identical_x': (FieldSpec('x', 0, pc2.FLOAT32),),
+    'normals_and_curvature': (FieldSpec('normal', 16, pc2.FLOAT32, 1),
+                              FieldSpec('curvature', 16, pc2.FLOAT32, 1)),
+    'underscore_names': (FieldSpec('__pad0', 16, pc2.UINT8, 4), FieldSpec('_', 16, 0, 0)),
+}
+
+
+@pytest.mark.parametrize('extra', list(_EXTRA_LAYOUTS.values()), ids=list(_EXTRA_LAYOUTS))
+def test_zero_information_and_unread_fields_do_not_reject(extra):
+    fields = XYZ32 + (FieldSpec('rgb', 12, pc2.UINT32),) + extra
+    data = struct.pack('<fffI4x', 1.0, 2.0, 3.0, 0x00112233) + struct.pack(
+        '<fffI4x', 4.0, 5.0, 6.0, 0x00FF8001)
+    xyz = _decode(data, fields, point_step=20)
+    np.testing.assert_array_equal(xyz, [[1, 2, 3], [4, 5, 6]])
+    xyz, rgb = _decode_rgb(data, fields, point_step=20)
+    np.testing.assert_array_equal(xyz, [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(rgb, [[0x11, 0x22, 0x33], [0xFF, 0x80, 0x01]])
+
+
+def test_read_field_with_count_0_is_read_as_one_value_like_pcl():
+    fields = (FieldSpec('x', 0, pc2.FLOAT32, 0), FieldSpec('y', 4, pc2.FLOAT32, 0),
+              FieldSpec('z', 8, pc2.FLOAT32, 0), FieldSpec('rgb', 12, pc2.FLOAT32, 0))
+    data = struct.pack('<fffI', 1.0, 2.0, 3.0, 0x00102030)
+    xyz, rgb = _decode_rgb(data, fields, point_step=16)
+    np.testing.assert_array_equal(xyz, [[1, 2, 3]])
+    np.testing.assert_array_equal(rgb, [[0x10, 0x20, 0x30]])
+
+
+@pytest.mark.parametrize('name,fields,fmt,values,expected_rgb', [
+    # Velodyne XYZIRT: intensity f4 @12, ring u2 @16, time f4 @18, point_step 22.
+    ('velodyne', XYZ32 + (FieldSpec('intensity', 12, pc2.FLOAT32),
+                          FieldSpec('ring', 16, pc2.UINT16), FieldSpec('time', 18, pc2.FLOAT32)),
+     '<ffffHf', (1.0, 2.0, 3.0, 50.0, 7, 0.01), None),
+    # Livox CustomMsg-as-PointCloud2: intensity f4, tag u1, line u1, timestamp f8 @18 (unaligned).
+    ('livox', XYZ32 + (FieldSpec('intensity', 12, pc2.FLOAT32), FieldSpec('tag', 16, pc2.UINT8),
+                       FieldSpec('line', 17, pc2.UINT8), FieldSpec('timestamp', 18, pc2.FLOAT64)),
+     '<ffffBBd', (1.0, 2.0, 3.0, 9.0, 1, 2, 1.7e9), None),
+    # RealSense: rgb f4 @16 after 4 undeclared bytes, point_step 20.
+    ('realsense', XYZ32 + (FieldSpec('rgb', 16, pc2.FLOAT32),),
+     '<fff4xI', (1.0, 2.0, 3.0, 0x00A0B0C0), (0xA0, 0xB0, 0xC0)),
+    # ZED: rgba f4 @12 (alpha 0xFF), point_step 16.
+    ('zed', XYZ32 + (FieldSpec('rgba', 12, pc2.FLOAT32),),
+     '<fffI', (1.0, 2.0, 3.0, 0xFF0A0B0C), (0x0A, 0x0B, 0x0C)),
+    # PCL PointXYZRGBNormal: '_' @12, rgb @16, '_' @20 (12 bytes), normal_x/y/z @32, curvature @44.
+    ('pcl_xyzrgbnormal', XYZ32 + (FieldSpec('_', 12, pc2.UINT8, 4),
+                                  FieldSpec('rgb', 16, pc2.FLOAT32),
+                                  FieldSpec('_', 20, pc2.UINT8, 12),
+                                  FieldSpec('normal_x', 32, pc2.FLOAT32),
+                                  FieldSpec('normal_y', 36, pc2.FLOAT32),
+                                  FieldSpec('normal_z', 40, pc2.FLOAT32),
+                                  FieldSpec('curvature', 44, pc2.FLOAT32)),
+     '<fff4xI12xffff', (1.0, 2.0, 3.0, 0x00010203, 0.0, 0.0, 1.0, 0.5), (1, 2, 3)),
+    # Intensity as u1 and u2 beside an rgb u4.
+    ('intensity_u8_u16', XYZ32 + (FieldSpec('rgb', 12, pc2.UINT32),
+                                  FieldSpec('intensity', 16, pc2.UINT8),
+                                  FieldSpec('intensity_raw', 18, pc2.UINT16)),
+     '<fffIBxH', (1.0, 2.0, 3.0, 0x00FFFFFF, 200, 60000), (255, 255, 255)),
+])
+def test_decode_driver_layouts(name, fields, fmt, values, expected_rgb):
+    data = struct.pack(fmt, *values)
+    step = struct.calcsize(fmt)
+    xyz, rgb = _decode_rgb(data, fields, point_step=step)
+    np.testing.assert_array_equal(xyz, [[1.0, 2.0, 3.0]])
+    if expected_rgb is None:
+        assert rgb is None
+    else:
+        np.testing.assert_array_equal(rgb, [expected_rgb])
+
+
+@pytest.mark.parametrize('fields,point_step,message,xyz_ok', [
+    # Two different x fields: which one is x?
+    (XYZ32 + (FieldSpec('x', 12, pc2.FLOAT32),), 16,
+     "field name 'x' appears more than once with different layouts", False),
+    # A field we read extends past the point.
+    ((XYZ32[0], XYZ32[1], FieldSpec('z', 8, pc2.FLOAT64)), 12,
+     "field 'z' spans bytes [8, 16) beyond point_step 12", False),
+    # rgb over the coordinates: only the colour decoder reads it.
+    (XYZ32 + (FieldSpec('rgb', 8, pc2.UINT32),), 12, "fields 'rgb' and 'z' overlap", True),
+    (XYZ32 + (FieldSpec('rgb', 12, pc2.UINT32), FieldSpec('rgb', 8, pc2.UINT32)), 16,
+     "field name 'rgb' appears more than once", True),
+])
+def test_contradictory_read_fields_are_errors(fields, point_step, message, xyz_ok):
+    data = bytes(point_step)
+    with pytest.raises(ValueError) as info:
+        _decode_rgb(data, fields, point_step=point_step)
+    assert message in str(info.value)
+    if xyz_ok:
+        np.testing.assert_array_equal(_decode(data, fields, point_step=point_step), [[0, 0, 0]])
+    else:
+        with pytest.raises(ValueError) as info:
+            _decode(data, fields, point_step=point_step)
+        assert message in str(info.value)
+
+
+XYZ64 = (FieldSpec('x', 0, pc2.FLOAT64), FieldSpec('y', 8, pc2.FLOAT64),
+         FieldSpec('z', 16, pc2.FLOAT64))
+
+
+@pytest.mark.parametrize('fields,point_step,width,height,row_step,dtype', [
+    (XYZ32, 12, 0, 1, 0, np.float32),        # width 0
+    (XYZ32, 12, 5, 0, 60, np.float32),       # height 0
+    (XYZ64, 24, 0, 0, 0, np.float64),        # both 0, double fields
+    ((), 0, 0, 0, 0, np.float32),            # default-constructed message: no fields at all
+    ((), 0, 0, 1, 0, np.float32),
+    (XYZ32_RGB, 16, 0, 3, 0, np.float32),    # organised cloud with no columns
+    ((FieldSpec('intensity', 0, pc2.FLOAT32),), 4, 0, 1, 0, np.float32),   # no x, y, z at all
+])
+def test_empty_clouds_decode_to_empty_arrays(fields, point_step, width, height, row_step, dtype):
+    out = decode_xyz(b'', fields, point_step, width, height, row_step)
+    assert out.shape == (0, 3) and out.dtype == dtype
+    xyz, rgb = decode_xyz_rgb(b'', fields, point_step, width, height, row_step)
+    assert xyz.shape == (0, 3) and xyz.dtype == dtype
+    if fields is XYZ32_RGB:
+        assert rgb.shape == (0, 3) and rgb.dtype == np.uint8
+    else:
+        assert rgb is None
+    with pytest.raises(ValueError, match='data is too long: 4 bytes'):
+        decode_xyz(b'\0' * 4, fields, point_step, width, height, row_step)
+
+
+def test_organised_cloud_of_only_nans_decodes_to_empty():
+    nan = float('nan')
+    data = struct.pack('<24f', *([nan] * 24))   # 2 rows x 2 columns of 24-byte points
+    fields = XYZ32 + (FieldSpec('intensity', 12, pc2.FLOAT32), FieldSpec('_', 16, 0, 8))
+    out = _decode(data, fields, point_step=24, width=2, height=2, row_step=48)
+    assert out.shape == (0, 3)
+    kept = _decode(data, fields, point_step=24, width=2, height=2, row_step=48, skip_nans=False)
+    assert kept.shape == (4, 3) and np.isnan(kept).all()
+
+
+# ---- double precision (issue 10 item 2) -------------------------------------------------------
+
+def test_float64_utm_coordinates_decode_exactly():
+    points = np.array([[500000.123456789, 5000000.987654321, 12.3456789],
+                       [-500123.000001, -5000000.5, -0.000001]])
+    for big in (False, True):
+        data, fields, step, row_step = encode_xyz(points, pc2.FLOAT64, 32, big)
+        out = decode_xyz(data, fields, step, 2, 1, row_step, big)
+        assert out.dtype == np.float64
+        np.testing.assert_array_equal(out, points)   # bit-exact, no float32 round trip
+    # float32 spacing is 1/32 m near 5e5 and 1/2 m near 5e6: y would become 5000001.0.
+    assert float(np.float32(points[0, 1])) == 5000001.0
+
+
+def test_float64_coordinates_with_colour():
+    points = np.array([[500000.25, 5000000.125, -3.0625], [500001.5, 5000002.75, 1.0]])
+    colors = np.array([[1, 2, 3], [250, 128, 0]], np.uint8)
+    data, fields, step, row_step = encode_xyz(points, pc2.FLOAT64, colors=colors)
+    assert step == 28 and [f.name for f in fields] == ['x', 'y', 'z', 'rgb']
+    xyz, rgb = decode_xyz_rgb(data, fields, step, 2, 1, row_step)
+    assert xyz.dtype == np.float64
+    np.testing.assert_array_equal(xyz, points)
+    np.testing.assert_array_equal(rgb, colors)
+
+
+def test_mixed_float64_and_float32_coordinates_decode_to_float64():
+    # x FLOAT64 @0, y FLOAT32 @8, z INT16 @12, point_step 14.
+    fields = (FieldSpec('x', 0, pc2.FLOAT64), FieldSpec('y', 8, pc2.FLOAT32),
+              FieldSpec('z', 12, pc2.INT16))
+    data = struct.pack('<dfh', 500000.123456789, 0.1, -7)
+    out = _decode(data, fields, point_step=14)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, [[500000.123456789, float(np.float32(0.1)), -7.0]])

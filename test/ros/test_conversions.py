@@ -37,11 +37,12 @@ def test_cloud_round_trip_through_message():
     np.testing.assert_array_equal(conversions.cloud_from_msg(msg), points)
 
 
-def test_cloud_from_msg_rejects_all_nan_and_over_cap():
+def test_cloud_from_msg_all_nan_is_empty_and_over_cap_is_rejected():
     msg = conversions.cloud_to_msg(np.full((4, 3), np.nan, np.float32), HEADER)
     assert not msg.is_dense
-    with pytest.raises(ValueError, match='no finite points'):
-        conversions.cloud_from_msg(msg)
+    assert conversions.cloud_from_msg(msg).shape == (0, 3)
+    points, colors, problem = conversions.cloud_with_colors_from_msg(msg)
+    assert points.shape == (0, 3) and colors is None and problem == ''
     msg = conversions.cloud_to_msg(np.zeros((4, 3), np.float32), HEADER)
     with pytest.raises(ValueError, match='over the cap max_points=3'):
         conversions.cloud_from_msg(msg, max_points=3)
