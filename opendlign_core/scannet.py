@@ -13,17 +13,47 @@ A scene folder ``<root>/<scene>/`` holds:
   intrinsic_depth.txt`` (4x4), ``pose/<i>.txt`` (4x4 camera-to-scan), ``depth/<i>.png`` (uint16
   millimetres) and ``instance-filt/<i>.png`` (uint16 object id + 1, 0 = none).
 
+ScanNet also ships the high-resolution ``<scene>_vh_clean.ply`` with its own over-segmentation
+``<scene>_vh_clean.segs.json`` and aggregation ``<scene>_vh_clean.aggregation.json``. Segment ids
+of one resolution mean nothing in the other, so the reader pairs each aggregation with the segs
+file its ``segmentsFile`` field names (by ScanNet's README when the field is absent:
+``<scene>.aggregation.json`` -> low-res, ``<scene>_vh_clean.aggregation.json`` -> high-res) and
+with the mesh that segs file belongs to, and refuses a pair that does not fit (segs length !=
+mesh vertex count, a ``sceneId`` naming another scene or mesh, most referenced segments absent).
+The low-res aggregation is preferred when both exist; the points of the returned scene are the
+vertices of the mesh its instances index.
+
+Known data errata and how the reader treats them (warnings go to this module's logger):
+
+* objects whose segments are partly absent from the segs file: warning, the present ones are used;
+  more than half absent (a mismatched pair): ``ValueError``;
+* objects with an empty ``segments`` list: warning, the instance has no points and no box;
+* the same ``objectId`` twice: merged with a warning when the labels agree, else ``ValueError``;
+* a segment claimed by two objects: warning, the point's ``instance_ids`` entry is the first;
+* labels differing from the label map only in case or whitespace: matched; labels missing from
+  it: nyu40 0 with one warning per scene; no label map found: warning;
+* a label map that is not UTF-8 (read as Latin-1, warning), has a byte-order mark, CRLF line ends,
+  padded cells, blank or non-integer ``nyu40id`` cells (skipped, warning), or ids outside 1..40
+  (skipped, warning); a file with no tabs (tabs turned into spaces by a copy): ``ValueError``;
+* no ``axisAlignment`` (ScanNet's test scenes) or no ``<scene>.txt``: identity, with a warning;
+* non-finite vertices: dropped with a warning (instance indices refer to the kept points);
+* ``_vh_clean_2.labels.ply`` is never read: in a few scenes (scene0270_00, scene0270_02,
+  scene0384_00) it holds nyuId values such as 50 instead of nyu40 ids; the nyu40 id comes from the
+  aggregation's raw label and the label map instead.
+
 ``scannetv2-labels.combined.tsv`` (raw category -> nyu40) is looked up in the scene folder and its
 parents. ScanNet-18 benchmark classes follow the VoteNet/3DETR nyu40 mapping, in which nyu40 39
 (``otherfurniture``) is called "garbage bin"; ``scannet18_semantic`` holds the reading of our
 synthetic ground truth (real bins) where the aggregation provides it.
 """
 
+import csv
 from dataclasses import dataclass
 import json
 import logging
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+import re
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -45,6 +75,16 @@ NYU40_TO_SCANNET18: dict[int, str] = dict(zip(
 STRUCTURE_NYU40: frozenset = frozenset({1, 2, 22})
 #: Instances with fewer observed points get no ground-truth box.
 MIN_BOX_POINTS = 50
+#: Mesh suffixes, low resolution (the benchmark's) first.
+MESH_SUFFIXES = ('_vh_clean_2.ply', '_vh_clean.ply')
+#: Aggregation suffix -> the segs file it indexes by ScanNet's README (when it has no
+#: ``segmentsFile``), low resolution first.
+AGGREGATIONS = (('.aggregation.json', '_vh_clean_2.0.010000.segs.json'),
+                ('_vh_clean.aggregation.json', '_vh_clean.segs.json'))
+#: An aggregation whose referenced segments are more than this fraction absent from its segs
+#: file is taken for a mismatched pair and refused.
+MAX_MISSING_SEGMENTS = 0.5
+_SEGS_NAME = re.compile(r'(?P<mesh>.+?)(?:\.\d+\.\d+)?\.segs\.json')
 
 _PLY_TYPES = {'char': 'i1', 'uchar': 'u1', 'int8': 'i1', 'uint8': 'u1', 'short': 'i2',
               'ushort': 'u2', 'int16': 'i2', 'uint16': 'u2', 'int': 'i4', 'uint': 'u4',
@@ -90,6 +130,8 @@ class ScanNetScene:
     axis_alignment: np.ndarray
     #: (N,) int64 object id per point, -1 for unannotated points.
     instance_ids: np.ndarray
+    #: File name of the mesh the points come from (``<scene>_vh_clean_2.ply`` usually).
+    mesh_file: str = ''
 
 
 def read_ply_vertices(path: Path) -> np.ndarray:
@@ -181,22 +223,68 @@ def read_label_map(path: Path) -> dict[str, int]:
     """
     Read ``scannetv2-labels.combined.tsv``.
 
+    Tolerates a byte-order mark, CRLF line ends, quoted or padded cells and a non-UTF-8 file (read
+    as Latin-1 with a warning). Rows whose ``nyu40id`` is blank are skipped; rows whose
+    ``nyu40id`` is not an integer in 1..40 are skipped with one warning. When a raw category
+    appears twice with different ids, the first wins (warning).
+
     :param path: The TSV file.
-    :return: raw category -> nyu40 id.
-    :raises ValueError: If the header lacks ``raw_category`` or ``nyu40id``.
+    :return: raw category (as written, stripped) -> nyu40 id.
+    :raises ValueError: If the file has no tab-separated header with ``raw_category`` and
+        ``nyu40id``.
     """
-    lines = Path(path).read_text(encoding='utf-8').splitlines()
-    header = lines[0].split('\t')
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        logger.warning('%s is not UTF-8 (%s); reading it as Latin-1', path, e.reason)
+        text = data.decode('latin-1')
+    lines = text.splitlines()
+    if not lines or '\t' not in lines[0]:
+        raise ValueError(f'{path}: expected a tab-separated header with raw_category and '
+                         f'nyu40id, got {lines[0][:120] if lines else ""!r} (tabs replaced by '
+                         'spaces?)')
+    rows = csv.reader(lines, delimiter='\t')
+    header = [h.strip().lower() for h in next(rows)]
     try:
         i_raw, i_nyu = header.index('raw_category'), header.index('nyu40id')
     except ValueError as e:
         raise ValueError(f'{path}: header needs raw_category and nyu40id, got {header}') from e
-    out = {}
-    for line in lines[1:]:
-        cols = line.split('\t')
-        if len(cols) > max(i_raw, i_nyu) and cols[i_nyu].strip():
-            out[cols[i_raw]] = int(cols[i_nyu])
+    out: dict[str, int] = {}
+    bad, conflicts = [], []
+    for line_no, cols in enumerate(rows, start=2):
+        if len(cols) <= max(i_raw, i_nyu) or not cols[i_nyu].strip():
+            continue
+        raw, cell = cols[i_raw].strip(), cols[i_nyu].strip()
+        try:
+            value = float(cell)
+        except ValueError:
+            value = float('nan')
+        if not (value == int(value) if np.isfinite(value) else False) or not 1 <= value <= 40:
+            bad.append(f'line {line_no}: {cell!r}')
+            continue
+        if raw in out and out[raw] != int(value):
+            conflicts.append(raw)
+            continue
+        out.setdefault(raw, int(value))
+    if bad:
+        logger.warning('%s: skipped %d rows whose nyu40id is not an integer in 1..40 (%s)',
+                       path, len(bad), ', '.join(bad[:5]))
+    if conflicts:
+        logger.warning('%s: raw categories listed twice with different nyu40 ids, first kept: %s',
+                       path, sorted(set(conflicts))[:10])
     return out
+
+
+def normalize_label(label: str) -> str:
+    """
+    Return the form raw labels are matched in: lower case, single spaces, no padding.
+
+    :param label: A raw category.
+    :return: The normalized label.
+    """
+    return ' '.join(str(label).split()).casefold()
 
 
 def write_label_map(path: Path, raw_to_nyu40: Mapping[str, int]) -> None:
@@ -228,33 +316,148 @@ def find_label_map(scene_dir: Path) -> Optional[Path]:
 
 def read_axis_alignment(path: Path) -> np.ndarray:
     """
-    Read ``axisAlignment`` from a scene ``.txt`` (identity when absent).
+    Read ``axisAlignment`` from a scene ``.txt`` (identity, with a warning, when absent).
+
+    ScanNet's test scenes have no ``axisAlignment`` line; their points stay in the scan frame.
 
     :param path: ``<scene>.txt``.
     :return: (4, 4) float64.
+    :raises ValueError: If the line does not hold 16 finite numbers or the rotation part is
+        singular.
     """
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
+        logger.warning('%s not found; the scene is not axis-aligned (identity)', path)
         return np.eye(4)
-    for line in Path(path).read_text().splitlines():
+    for line in path.read_text(encoding='utf-8', errors='replace').splitlines():
         if line.strip().startswith('axisAlignment'):
-            values = [float(v) for v in line.split('=', 1)[1].split()]
+            try:
+                values = [float(v) for v in line.split('=', 1)[1].split()]
+            except (IndexError, ValueError) as e:
+                raise ValueError(f'{path}: axisAlignment is not 16 numbers: {line!r}') from e
             if len(values) != 16:
                 raise ValueError(f'{path}: axisAlignment needs 16 numbers, got {len(values)}')
-            return np.asarray(values).reshape(4, 4)
+            axis = np.asarray(values).reshape(4, 4)
+            if not np.isfinite(axis).all() or abs(np.linalg.det(axis[:3, :3])) < 1e-9:
+                raise ValueError(f'{path}: axisAlignment is not a finite rigid transform: '
+                                 f'{values}')
+            return axis
+    logger.warning('%s has no axisAlignment line (as in ScanNet test scenes); using identity',
+                   path)
     return np.eye(4)
 
 
 def list_scenes(root: Path) -> list[Path]:
     """
-    List scene folders under a root (folders holding ``<name>_vh_clean_2.ply``).
+    List scene folders under a root (holding ``<name>_vh_clean_2.ply`` or ``_vh_clean.ply``).
 
     :param root: Dataset root, or a scene folder itself.
     :return: Sorted scene folders.
     """
     root = Path(root)
-    if (root / f'{root.name}_vh_clean_2.ply').is_file():
+
+    def is_scene(d: Path) -> bool:
+        return any((d / f'{d.name}{suffix}').is_file() for suffix in MESH_SUFFIXES)
+    if is_scene(root):
         return [root]
-    return sorted(d for d in root.iterdir() if (d / f'{d.name}_vh_clean_2.ply').is_file())
+    return sorted(d for d in root.iterdir() if d.is_dir() and is_scene(d))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_bytes().decode('utf-8-sig'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f'{path}: not valid JSON: {e}') from e
+
+
+def _strip_dataset_prefix(name: str) -> str:
+    # ScanNet writes ids as '<dataset>.<name>', e.g. 'scannet.scene0000_00'.
+    name = str(name).replace('\\', '/').rsplit('/', 1)[-1]
+    return name.split('.', 1)[1] if name.startswith('scannet.') else name
+
+
+def _pair_aggregation(scene_dir: Path, sid: str) -> Optional[tuple[Path, dict, Path, Path]]:
+    """Return (aggregation, its JSON, segs file, mesh) of a scene, or None without annotation."""
+    for agg_suffix, default_segs in AGGREGATIONS:
+        agg_path = scene_dir / f'{sid}{agg_suffix}'
+        if agg_path.is_file():
+            break
+    else:
+        return None
+    agg = _read_json(agg_path)
+    if not isinstance(agg, dict) or not isinstance(agg.get('segGroups'), list):
+        raise ValueError(f'{agg_path}: no segGroups list')
+    agg_scene = _strip_dataset_prefix(agg.get('sceneId', sid))
+    if agg_scene != sid:
+        raise ValueError(f'{agg_path}: sceneId {agg.get("sceneId")!r} names another scene than '
+                         f'{sid!r}')
+    named = agg.get('segmentsFile')
+    segs_name = _strip_dataset_prefix(named) if named else f'{sid}{default_segs}'
+    match = _SEGS_NAME.fullmatch(segs_name)
+    if match is None or not segs_name.startswith(f'{sid}_'):
+        raise ValueError(f'{agg_path}: segmentsFile {named!r} is not a segs file of {sid}')
+    segs_path = scene_dir / segs_name
+    mesh_path = scene_dir / f'{match.group("mesh")}.ply'
+    for needed, what in ((segs_path, 'segmentation'), (mesh_path, 'mesh')):
+        if not needed.is_file():
+            raise FileNotFoundError(
+                f'{agg_path} indexes the segments of {segs_name} (mesh {mesh_path.name}); its '
+                f'{what} {needed} is missing. Segment ids of another resolution do not '
+                "match: provide that file (or the other resolution's aggregation)")
+    return agg_path, agg, segs_path, mesh_path
+
+
+def _read_segments(segs_path: Path, sid: str, mesh_path: Path, num_vertices: int) -> np.ndarray:
+    segs = _read_json(segs_path)
+    if not isinstance(segs, dict) or 'segIndices' not in segs:
+        raise ValueError(f'{segs_path}: no segIndices')
+    seg_scene = segs.get('sceneId')
+    if seg_scene is not None:
+        seg_scene = _strip_dataset_prefix(seg_scene)
+        mesh_stem = mesh_path.stem
+        other_meshes = {f'{sid}{m[:-4]}' for m in MESH_SUFFIXES} - {mesh_stem}
+        if not seg_scene.startswith(sid) or seg_scene in other_meshes:
+            raise ValueError(f'{segs_path}: sceneId {segs.get("sceneId")!r} does not belong to '
+                             f'{mesh_path.name}')
+    if 'params' in segs and not isinstance(segs['params'], dict):
+        raise ValueError(f'{segs_path}: params is not an object: {segs["params"]!r}')
+    try:
+        seg = np.asarray(segs['segIndices'], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f'{segs_path}: segIndices are not integers') from e
+    if seg.ndim != 1 or len(seg) != num_vertices:
+        raise ValueError(f'{segs_path}: {seg.size} segment ids for the {num_vertices} vertices '
+                         f'of {mesh_path}; the segmentation belongs to another mesh')
+    return seg
+
+
+def _object_groups(agg_path: Path, groups: list) -> list[tuple[int, str, list[int], Any]]:
+    """Validate segGroups; merge duplicate objectIds with equal labels."""
+    merged: dict[int, tuple[str, list[int], Any]] = {}
+    duplicates = []
+    for k, g in enumerate(groups):
+        if not isinstance(g, dict):
+            raise ValueError(f'{agg_path}: segGroups[{k}] is not an object')
+        oid = g.get('objectId', g.get('id'))
+        try:
+            oid = int(oid)
+            segments = [int(v) for v in g.get('segments') or []]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f'{agg_path}: segGroups[{k}] has a non-integer objectId or '
+                             f'segment: {e}') from e
+        label = str(g.get('label', ''))
+        if oid in merged:
+            if normalize_label(merged[oid][0]) != normalize_label(label):
+                raise ValueError(f'{agg_path}: objectId {oid} is used twice, for '
+                                 f'{merged[oid][0]!r} and {label!r}')
+            duplicates.append(oid)
+            merged[oid][1].extend(segments)
+        else:
+            merged[oid] = (label, segments, g.get('scannet18'))
+    if duplicates:
+        logger.warning('%s: objectIds listed more than once with the same label, merged: %s',
+                       agg_path, sorted(set(duplicates)))
+    return [(oid, label, segs, s18) for oid, (label, segs, s18) in merged.items()]
 
 
 def read_scannet_scene(scene_dir: Path, align: bool = True,
@@ -262,54 +465,110 @@ def read_scannet_scene(scene_dir: Path, align: bool = True,
     """
     Read one scene folder.
 
+    The aggregation (low resolution preferred) is read together with the segs file its
+    ``segmentsFile`` names and that file's mesh; the module docstring lists the data errata
+    handled and refused.
+
     :param scene_dir: ``<root>/<scene>``; the scene id is the folder name.
     :param align: Apply ``axisAlignment`` (boxes are always fitted in the returned frame).
-    :param label_map: raw -> nyu40 (default: the nearest ``scannetv2-labels.combined.tsv``).
-    :return: The scene.
-    :raises FileNotFoundError: If the PLY is missing.
-    :raises ValueError: If segment and vertex counts disagree.
+    :param label_map: raw -> nyu40 (default: the nearest ``scannetv2-labels.combined.tsv``);
+        labels are matched exactly, then ignoring case and whitespace.
+    :return: The scene (points of the mesh the instances index).
+    :raises FileNotFoundError: If no mesh, or the segs file or mesh an aggregation names, exists.
+    :raises ValueError: If the aggregation, segs file and mesh do not belong together, or a file
+        is malformed.
     """
     scene_dir = Path(scene_dir)
     sid = scene_dir.name
-    verts = read_ply_vertices(scene_dir / f'{sid}_vh_clean_2.ply')
-    points = np.stack([verts['x'], verts['y'], verts['z']], axis=1).astype(np.float64)
+    pair = _pair_aggregation(scene_dir, sid) if scene_dir.is_dir() else None
+    if pair is not None:
+        mesh_path = pair[3]
+    else:
+        meshes = [scene_dir / f'{sid}{suffix}' for suffix in MESH_SUFFIXES]
+        mesh_path = next((m for m in meshes if m.is_file()), meshes[0])
+    verts = read_ply_vertices(mesh_path)
     names = verts.dtype.names or ()
+    if not {'x', 'y', 'z'} <= set(names):
+        raise ValueError(f'{mesh_path}: vertices have no x, y, z properties')
+    points = np.stack([verts['x'], verts['y'], verts['z']], axis=1).astype(np.float64)
     colors = (np.stack([verts['red'], verts['green'], verts['blue']], axis=1).astype(np.uint8)
               if {'red', 'green', 'blue'} <= set(names) else None)
     axis = read_axis_alignment(scene_dir / f'{sid}.txt')
+    finite = np.isfinite(points).all(axis=1)
     if align:
-        points = points @ axis[:3, :3].T + axis[:3, 3]
+        with np.errstate(invalid='ignore'):
+            points = points @ axis[:3, :3].T + axis[:3, 3]
     points = points.astype(np.float32)
     if label_map is None:
         tsv = find_label_map(scene_dir)
+        if tsv is None and pair is not None:
+            logger.warning('%s: no %s in the scene folder or its two parents; every instance '
+                           'gets nyu40 id 0', scene_dir, LABEL_MAP_NAME)
         label_map = read_label_map(tsv) if tsv is not None else {}
+    normalized = {}
+    for raw, nyu in label_map.items():
+        normalized.setdefault(normalize_label(raw), int(nyu))
     instance_ids = np.full(len(points), -1, np.int64)
-    instances: list[ScanNetInstance] = []
-    agg_path = scene_dir / f'{sid}.aggregation.json'
-    if not agg_path.is_file():
-        agg_path = scene_dir / f'{sid}_vh_clean.aggregation.json'
-    seg_path = scene_dir / f'{sid}_vh_clean_2.0.010000.segs.json'
-    if agg_path.is_file() and seg_path.is_file():
-        seg = np.asarray(json.loads(seg_path.read_text())['segIndices'], dtype=np.int64)
-        if len(seg) != len(points):
-            raise ValueError(f'{seg_path}: {len(seg)} segment ids for {len(points)} vertices')
-        groups = json.loads(agg_path.read_text())['segGroups']
+    groups: list[tuple[int, str, np.ndarray, Any]] = []
+    if pair is not None:
+        agg_path, agg, segs_path, _ = pair
+        seg = _read_segments(segs_path, sid, mesh_path, len(points))
         order = np.argsort(seg, kind='stable')
         uniq, starts = np.unique(seg[order], return_index=True)
         ends = np.r_[starts[1:], len(order)]
         seg_slices = {int(u): (s, e) for u, s, e in zip(uniq, starts, ends)}
-        for g in groups:
-            parts = [order[slice(*seg_slices[s])] for s in g['segments'] if s in seg_slices]
-            idx = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-            oid = int(g.get('objectId', g.get('id')))
-            instance_ids[idx] = oid
-            raw = g.get('label', '')
-            nyu = int(label_map.get(raw, 0))
-            bench = NYU40_TO_SCANNET18.get(nyu, '')
-            box = fit_aabb(points[idx]) if len(idx) >= MIN_BOX_POINTS else None
-            instances.append(ScanNetInstance(oid, raw, nyu, bench, g.get('scannet18', bench),
-                                             idx.astype(np.int64), box))
-    return ScanNetScene(sid, points, colors, tuple(instances), axis, instance_ids)
+        objects = _object_groups(agg_path, agg['segGroups'])
+        referenced = {s for _, _, segs, _ in objects for s in segs}
+        missing = sorted(referenced - seg_slices.keys())
+        if referenced and len(missing) > MAX_MISSING_SEGMENTS * len(referenced):
+            raise ValueError(
+                f'{agg_path}: {len(missing)} of its {len(referenced)} segments are not in '
+                f'{segs_path.name}; the aggregation indexes another segmentation')
+        if missing:
+            logger.warning('%s: %d referenced segments are absent from %s and ignored: %s',
+                           agg_path, len(missing), segs_path.name, missing[:10])
+        empty, overlap = [], 0
+        for oid, raw, segs, s18 in objects:
+            parts = [order[slice(*seg_slices[s])] for s in dict.fromkeys(segs) if s in seg_slices]
+            idx = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            if not len(idx):
+                empty.append(oid)
+            free = instance_ids[idx] == -1
+            overlap += int((~free).sum())
+            instance_ids[idx[free]] = oid
+            groups.append((oid, raw, idx, s18))
+        if empty:
+            logger.warning('%s: objects without any point (empty or absent segments): %s',
+                           agg_path, empty)
+        if overlap:
+            logger.warning('%s: %d points belong to more than one object; instance_ids keeps '
+                           'the first', agg_path, overlap)
+    if not finite.all():
+        logger.warning('%s: dropped %d vertices with non-finite coordinates', mesh_path,
+                       int((~finite).sum()))
+        new_index = np.cumsum(finite) - 1
+        points, instance_ids = points[finite], instance_ids[finite]
+        colors = colors[finite] if colors is not None else None
+        groups = [(oid, raw, new_index[idx[finite[idx]]], s18) for oid, raw, idx, s18 in groups]
+    instances: list[ScanNetInstance] = []
+    unknown = set()
+    for oid, raw, idx, s18 in groups:
+        nyu = label_map.get(raw)
+        if nyu is None:
+            nyu = normalized.get(normalize_label(raw))
+        if nyu is None:
+            unknown.add(raw)
+            nyu = 0
+        bench = NYU40_TO_SCANNET18.get(int(nyu), '')
+        box = fit_aabb(points[idx]) if len(idx) >= MIN_BOX_POINTS else None
+        instances.append(ScanNetInstance(oid, raw, int(nyu), bench,
+                                         bench if s18 is None else s18,
+                                         idx.astype(np.int64), box))
+    if unknown and label_map:
+        logger.warning('%s: labels not in the label map (nyu40 id 0): %s', scene_dir,
+                       sorted(unknown))
+    return ScanNetScene(sid, points, colors, tuple(instances), axis, instance_ids,
+                        mesh_path.name)
 
 
 def write_scannet_scene(scene_dir: Path, points: np.ndarray, instance_ids: np.ndarray,
