@@ -92,7 +92,7 @@ def evaluate_scene(scene, cfg: SegmentationConfig, use_colors: bool = True) -> d
     return {'objects': len(objects), 'clusters': len(res.clusters),
             'hit25': int((best > 0.25).sum()), 'hit50': int((best > 0.5).sum()),
             'over': over, 'under': under, 'seconds': elapsed, 'points': len(scene.points),
-            'missed25': missed}
+            'missed25': missed, 'warnings': list(res.warnings), 'dropped': dict(res.dropped)}
 
 
 def speed_300k(cfg: SegmentationConfig, scene, repeats: int = 5,
@@ -170,6 +170,10 @@ def main(args: argparse.Namespace) -> int:
         'mean_points': float(np.mean([r['points'] for r in rows])),
         'mean_seconds': float(np.mean([r['seconds'] for r in rows])),
         'missed@0.25': sorted(m for r in rows for m in r['missed25']),
+        # What the segmentation reported (contract F): warnings and clusters dropped per filter.
+        'warnings': [w for r in rows for w in r['warnings']],
+        'dropped': {k: sum(r['dropped'].get(k, 0) for r in rows)
+                    for k in sorted({k for r in rows for k in r['dropped']})},
     }
     if not args.skip_speed:
         summary['speed_300k'] = speed_300k(cfg, scenes[0], use_colors=not args.no_colors)

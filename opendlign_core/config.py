@@ -186,8 +186,11 @@ class SegmentationConfig:
 
     #: Edge of the voxel grid the scene is segmented on, metres (points map back via their voxel).
     voxel_size: float = 0.04
-    #: Largest number of planes tried by RANSAC before clustering.
+    #: Largest number of structure planes (floor, ceiling, walls) removed before clustering.
     max_planes: int = 8
+    #: Largest number of RANSAC plane candidates examined, removed or set aside (table tops,
+    #: cabinet fronts, sloped surfaces); a rejected candidate never ends the search by itself.
+    max_plane_tries: int = 8
     #: RANSAC inlier distance for floor, ceiling and wall planes, metres.
     plane_distance: float = 0.04
     #: RANSAC iterations per plane.
@@ -213,6 +216,19 @@ class SegmentationConfig:
     remove_walls: bool = True
     #: Largest fraction of the scene's voxels allowed beyond a floor, ceiling or wall plane.
     max_outside_fraction: float = 0.05
+    #: A cloud whose voxels span at least this much in both x and y is room-sized, metres: when
+    #: RANSAC finds no floor in it, a warning is reported and the floor is taken from the height
+    #: histogram (the lowest layer holding ``floor_layer_share`` of the fullest one).
+    room_min_extent: float = 2.5
+    #: Smallest share of the fullest height layer for the histogram floor layer, in (0, 1].
+    floor_layer_share: float = 0.3
+    #: Smallest x and y span of the histogram floor layer's well-filled 0.2 m cells, metres;
+    #: they must also cover its square (larger than furniture tops: a bed filling a depth frame
+    #: is not a floor).
+    floor_min_extent: float = 2.2
+    #: Warn when a cluster dropped as too large or too tall holds at least this share of the
+    #: points left after structure removal, in (0, 1] (structure the plane search missed).
+    warn_dropped_share: float = 0.1
     #: Smallest horizontal length of a wall plane's inliers, metres.
     wall_min_length: float = 1.0
     #: Smallest vertical extent of a wall plane's inliers, metres.
@@ -289,8 +305,12 @@ class SegmentationConfig:
             _check(getattr(self, name) > 0, name, getattr(self, name), '> 0')
         for name in ('max_planes', 'min_cluster_points', 'min_cluster_extent'):
             _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+        for name in ('room_min_extent', 'floor_min_extent'):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+        for name in ('floor_layer_share', 'warn_dropped_share'):
+            _check(0 < getattr(self, name) <= 1, name, getattr(self, name), 'in (0, 1]')
         for name in ('plane_iterations', 'min_plane_voxels', 'dbscan_min_points',
-                     'split_min_points', 'ransac_max_points', 'max_voxels'):
+                     'split_min_points', 'ransac_max_points', 'max_voxels', 'max_plane_tries'):
             _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
         _check(0 <= self.wall_yaw_search_deg < 45, 'wall_yaw_search_deg',
                self.wall_yaw_search_deg, 'in [0, 45)')

@@ -80,11 +80,13 @@ weight 0.52 (smooth shading), two-bin steps with 0.07, three-bin jumps with 0.00
 object/background edge of the nearest surfaces with ~1e-22 (sharp contours: the edge-preserving
 behaviour the paper asks for); the farthest surfaces (nearness 0.2) blend into the background a
 little (weight 0.14), which lightens far contours.
-Cost (``benchmarks/bench_projection.py``, 2-core Xeon, 10 views of 10k points at 224 px, one
-thread): 21-32 ms per object (largest for big silhouettes), against 255 ms for a ViT-B-32 to
-encode the 10 views with 2 threads on an idle machine (544 ms with 1 thread): 8-13 % of the
-encode. The work is about ``25 * (pixels whose window holds several codes)`` table lookups of
-16 floats, independent of the number of points beyond the initial scatter. The loop reference
+Cost (``benchmarks/bench_frame.py``, 2-core Xeon, one thread, objects of depth frames, up to
+8192 points, 10 views at 224 px): about 12-15 ms per object in the detector's batches of 8
+(the PointCLIP V2 projection: 16-20 ms), 15-20 ms for one object per call (PointCLIP V2:
+8-9 ms). Full-image steps use bit masks in uint8, window OR/AND in log steps and NumPy
+look-ups with the narrow index (torch widens every index to int64 first). The rest is about
+``25 * (pixels whose window holds several codes)`` table lookups of 16 floats (~60 % of the
+time), independent of the number of points beyond the initial scatter. The loop reference
 (:mod:`opendlign_core._reference`) needs ~1.8 s for 10 views at 12 px.
 
 *Realistic projection (PointCLIP V2 baseline, spec section 2.3), written from its description.*
@@ -439,6 +441,9 @@ def _window_bits(masks: torch.Tensor, kernel: int, op: str) -> torch.Tensor:
     """
     Bitwise OR (``op='or'``) or AND (``op='and'``) over a square window, zero padding.
 
+    Each axis takes ``ceil(log2(kernel))`` passes (windows of 1, 2, 4, ... values combined with
+    a shifted copy of themselves, then one pass for the rest) instead of ``kernel - 1``.
+
     :param masks: (I, H, W) integer tensor.
     :param kernel: Odd window edge.
     :param op: ``'or'`` or ``'and'``.
@@ -448,16 +453,29 @@ def _window_bits(masks: torch.Tensor, kernel: int, op: str) -> torch.Tensor:
     if half == 0:
         return masks
     combine = torch.bitwise_or if op == 'or' else torch.bitwise_and
-    h, w = masks.shape[-2:]
-    pad = F.pad(masks, (half, half, 0, 0))
-    out = pad[..., 0:w].clone()
-    for i in range(1, kernel):
-        out = combine(out, pad[..., i:i + w], out=out)
-    pad = F.pad(out, (0, 0, half, half))
-    out = pad[..., 0:h, :].clone()
-    for i in range(1, kernel):
-        out = combine(out, pad[..., i:i + h, :], out=out)
+    out = masks
+    for dim, pad in ((2, (half, half, 0, 0)), (1, (0, 0, half, half))):
+        acc = F.pad(out, pad)
+        span = 1          # acc[i] combines the padded values i .. i + span - 1
+        while span < kernel:
+            step = min(span, kernel - span)
+            size = acc.shape[dim] - step
+            acc = combine(acc.narrow(dim, 0, size), acc.narrow(dim, step, size))
+            span += step
+        out = acc
     return out
+
+
+def _lut(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """
+    Return ``table[index]`` for a 1-D table and a non-negative integer index of any shape.
+
+    On CPU NumPy indexes with the small integer dtype directly, several times faster than torch,
+    which first widens the whole index to int64.
+    """
+    if index.device.type == 'cpu':
+        return torch.from_numpy(table.numpy()[index.numpy()])
+    return table[index.long()]
 
 
 def _contour_table(idx: torch.Tensor, bins: torch.Tensor, num_objects: int,
@@ -466,21 +484,25 @@ def _contour_table(idx: torch.Tensor, bins: torch.Tensor, num_objects: int,
     num_images = num_objects * views
     # 1. Per-pixel bit mask of occupied bins (an OR, done as a sum over distinct (pixel, bin)).
     keys = torch.unique(idx * nbins + bins)
-    masks = torch.zeros(num_images * res * res, dtype=torch.int64, device=device)
+    # Distinct bits of one pixel sum to their OR, and B <= 12 bits fit the narrow dtype (on
+    # CPU the sum is taken in it directly: no full-size int64 image).
+    mask_dtype = torch.uint8 if nbins <= 8 else torch.int16
+    sum_dtype = mask_dtype if device.type == 'cpu' else torch.int64
+    masks = torch.zeros(num_images * res * res, dtype=sum_dtype, device=device)
     masks.index_add_(0, torch.div(keys, nbins, rounding_mode='floor'),
-                     torch.ones_like(keys) << (keys % nbins))
-    masks = masks.view(num_images, res, res).to(torch.uint8 if nbins <= 8 else torch.int16)
+                     (torch.ones_like(keys) << (keys % nbins)).to(sum_dtype))
+    masks = masks.view(num_images, res, res).to(mask_dtype)
     # 2. Densify in xy (OR-pool); the depth part of the max-pool lives in the table, which is
     #    indexed by profile codes (masks with equal depth profiles share a code; empty = 0).
     code, table, uniform = _pair_table(config, device)
     num_codes = uniform.numel()
-    codes = code[_window_bits(masks, config.densify_kernel, 'or').long()]
+    codes = _lut(code, _window_bits(masks, config.densify_kernel, 'or'))
     # 3. Pixels the bilateral window reaches: those whose window holds a single code
     #    (OR == AND) take a precomputed value, the others are summed over their window.
     kb = config.bilateral_kernel
     rb = kb // 2
     mixed = _window_bits(codes, kb, 'or') != _window_bits(codes, kb, 'and')
-    out = uniform.index_select(0, codes.view(-1).long())
+    out = _lut(uniform, codes.view(-1))
     pixels = torch.nonzero(mixed.view(-1)).squeeze(1)
     # 4. Bilateral filter of mixed pixels = weighted lookups of (centre code, neighbour code),
     #    in chunks small enough to stay in cache.

@@ -12,6 +12,8 @@ from opendlign_core.projection import (
     _as_cloud_list,
     _contour_dense,
     _contour_voxels,
+    _lut,
+    _window_bits,
     project_depth_views,
     save_views_png,
     view_rotations,
@@ -279,3 +281,32 @@ def test_num_threads_is_restored():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match='num_threads'):
         ProjectionConfig(num_threads=-1)
+
+
+@pytest.mark.parametrize('kernel', [1, 3, 5, 7, 9])
+@pytest.mark.parametrize('op', ['or', 'and'])
+def test_window_bits_matches_a_plain_window(kernel, op):
+    # The log-step window equals the plain OR/AND over the kernel x kernel window with zero
+    # padding, for uint8 and int16 masks.
+    rng = np.random.default_rng(7)
+    for dtype in (np.uint8, np.int16):
+        masks = rng.integers(0, 256, (2, 9, 11)).astype(dtype)
+        masks[masks < 60] = 0
+        half = kernel // 2
+        pad = np.pad(masks, ((0, 0), (half, half), (half, half)))
+        combine = np.bitwise_or if op == 'or' else np.bitwise_and
+        want = pad[:, 0:9, 0:11].copy()
+        for dy in range(kernel):
+            for dx in range(kernel):
+                want = combine(want, pad[:, dy:dy + 9, dx:dx + 11])
+        got = _window_bits(torch.from_numpy(masks), kernel, op)
+        assert got.dtype == torch.from_numpy(masks).dtype
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_lut_indexes_with_narrow_dtypes():
+    table = torch.tensor([0.5, 1.5, 2.5, 3.5])
+    index = torch.tensor([[3, 0], [1, 1]], dtype=torch.uint8)
+    np.testing.assert_array_equal(_lut(table, index).numpy(), [[3.5, 0.5], [1.5, 1.5]])
+    np.testing.assert_array_equal(_lut(table, index.to(torch.int16)).numpy(),
+                                  [[3.5, 0.5], [1.5, 1.5]])

@@ -1,5 +1,9 @@
 """Segmentation on hand-built rooms: structure removal, clustering, malformed input."""
 
+from dataclasses import replace
+import logging
+import math
+
 import numpy as np
 import pytest
 
@@ -8,10 +12,13 @@ from opendlign_core.pointcloud import to_z_up, up_rotation
 from opendlign_core.segmentation import (
     _absorb_slivers,
     _color_segments,
+    _floor_from_histogram,
     _group_frame_posts,
     _level_wall,
+    _snap_plane,
     euclidean_clusters,
     merge_stacked_parts,
+    ransac_plane,
     segment_scene,
     voxelize,
 )
@@ -406,3 +413,157 @@ def test_group_frame_posts_hand_case():
     off = _group_frame_posts(vox, regions, np.array([1.0, 0, 0]),
                              SegmentationConfig(relief_frame_span=0))
     assert len(off) == 5
+
+
+def _sloped_room(rng, slope_deg):
+    """
+    A 5 x 4 m room under a sloped ceiling, with three boxes (issue 10 item 7).
+
+    Floor z = 0 (25k points), walls y = 0 (5 x 2.5 m) and x = 5 (4 x 2.5 m), and a ceiling
+    sloping up along +x from z = 2 at ``slope_deg`` (40k points: the densest plane, so RANSAC's
+    first candidate, and within the 10-degree horizontal snap, which leaves it thin).
+    """
+    boxes = [((1.0, 1.0, 0.0), (1.6, 1.5, 0.8)), ((2.5, 2.5, 0.0), (3.0, 3.2, 1.2)),
+             ((0.5, 3.0, 0.0), (0.9, 3.4, 0.45))]
+    xy = rng.uniform((0, 0), (5, 4), (40000, 2))
+    ceiling = np.c_[xy, 2.0 + math.tan(math.radians(slope_deg)) * xy[:, 0]
+                    + rng.normal(0, 0.003, 40000)]
+    parts = [np.c_[rng.uniform((0, 0), (5, 4), (25000, 2)), rng.normal(0, 0.003, 25000)],
+             np.c_[rng.uniform(0, 5, 12000), rng.normal(0, 0.003, 12000),
+                   rng.uniform(0, 2.5, 12000)],
+             np.c_[rng.normal(5, 0.003, 12000), rng.uniform(0, 4, 12000),
+                   rng.uniform(0, 2.5, 12000)], ceiling]
+    for lo, hi in boxes:
+        lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+        pts = rng.uniform(lo, hi, (3000, 3))
+        face, side = rng.integers(0, 3, 3000), rng.integers(0, 2, 3000)
+        pts[np.arange(3000), face] = np.where(side, hi[face], lo[face])
+        parts.append(pts)
+    return np.vstack(parts).astype(np.float32), boxes
+
+
+def _check_boxes_found(pts, res, boxes):
+    found = sorted(np.r_[pts[c].min(axis=0), pts[c].max(axis=0)].tolist() for c in res.clusters)
+    assert len(found) == 3
+    for got, (lo, hi) in zip(found, sorted(boxes)):
+        # x, y and the top are the box's own faces; the bottom voxel layer went with the floor.
+        np.testing.assert_allclose(got[:2] + got[3:], lo[:2] + hi, atol=1e-3)
+        assert 0.0 < got[2] < 0.07
+
+
+@pytest.mark.parametrize('slope_deg', [5.0, 8.0])
+def test_poor_first_plane_candidate_does_not_end_the_search(slope_deg):
+    # Before the fix the snapped sloped ceiling ended the plane search: no floor, no wall, and
+    # every box chained through the floor into one oversized cluster that was dropped silently.
+    rng = np.random.default_rng(11)
+    pts, boxes = _sloped_room(rng, slope_deg)
+    res = segment_scene(pts)
+    assert sorted(p.kind for p in res.planes) == ['floor', 'wall', 'wall']
+    floor = next(p for p in res.planes if p.kind == 'floor')
+    assert abs(floor.offset) < 0.005
+    _check_boxes_found(pts, res, boxes)
+    # The sloped ceiling (5 x 4 m) is not structure the search can remove: it is dropped as too
+    # large, and reported, since it holds most of what was left after structure removal.
+    assert res.dropped['too_large'] == 1
+    assert len(res.warnings) == 1 and 'oversized cluster' in res.warnings[0]
+    assert not any('floor' in w for w in res.warnings)
+
+
+def test_no_floor_plane_in_a_room_is_reported_and_estimated(caplog):
+    # One plane try only: the sloped ceiling takes it, so RANSAC finds no floor. The floor then
+    # comes from the height histogram, with a warning (also logged) naming the room's size.
+    rng = np.random.default_rng(11)
+    pts, boxes = _sloped_room(rng, 5.0)
+    with caplog.at_level(logging.WARNING, logger='opendlign_core.segmentation'):
+        res = segment_scene(pts, SegmentationConfig(max_plane_tries=1))
+    assert [p.kind for p in res.planes] == ['floor']
+    assert abs(res.planes[0].offset) < 0.005
+    # The room's size is the 1-99 % spread of its voxels (4.9 x 4.0 m of the 5 x 4 m room).
+    assert res.warnings[0] == ('no floor plane found in a room-sized cloud (4.9 x 4.0 m, 1 plane '
+                               'candidates tried); floor taken from the height histogram at '
+                               'z = 0.00 m (10941 voxels)')
+    assert sum('no floor plane found' in r.getMessage() for r in caplog.records) == 1
+    _check_boxes_found(pts, res, boxes)
+    # The walls and the ceiling (they meet) are one 5 x 4 x 2.5 m cluster, dropped and reported.
+    assert res.dropped['too_large'] == 1
+    assert res.warnings[1].endswith('(5.0 x 4.0 x 2.5 m)')
+
+
+def test_small_cloud_without_floor_gives_no_warning():
+    rng = np.random.default_rng(12)
+    box = rng.uniform((0, 0, 0.5), (0.6, 0.5, 1.0), (5000, 3))
+    res = segment_scene(box.astype(np.float32))
+    assert res.warnings == ()
+    assert len(res.clusters) == 1
+
+
+def test_floor_from_histogram_hand_layers():
+    # 100 voxels of multipath noise 30 cm down (sparse), a 1000-voxel floor at z = 0 and a
+    # 500-voxel table top: the floor is the lowest layer with >= 300 voxels and >= 0.3 x 1000.
+    rng = np.random.default_rng(13)
+    vox = np.vstack([np.c_[rng.uniform(0, 4, (100, 2)), np.full(100, -0.3)],
+                     np.c_[rng.uniform(0, 4, (1000, 2)), np.zeros(1000)],
+                     np.c_[rng.uniform(0, 1, (500, 2)), np.full(500, 0.75)]])
+    cfg = SegmentationConfig()
+    assert _floor_from_histogram(vox, np.zeros(1600, bool), cfg) == (0.0, 1000)
+    # With the floor already removed the table top is the lowest dense layer, but at 1 x 1 m it
+    # is no floor (floor_min_extent 2.2 m); it would be with a 0.5 m minimum, unless it held
+    # fewer than min_plane_voxels.
+    above = vox[:, 2] < 0.5
+    assert _floor_from_histogram(vox, above, cfg) is None
+    small = SegmentationConfig(floor_min_extent=0.5)
+    assert _floor_from_histogram(vox, above, small) == (0.75, 500)
+    assert _floor_from_histogram(vox, above, replace(small, min_plane_voxels=501)) is None
+
+
+def test_dropped_clusters_are_counted_per_filter():
+    rng = np.random.default_rng(14)
+    pts, _ = _room(rng, [((1.0, 1.0, 0.0), (1.6, 1.5, 0.8))])
+    speck = rng.uniform((3.0, 1.0, 1.0), (3.05, 1.05, 1.05), (20, 3))           # 20 points
+    pole = np.c_[rng.normal(2.0, 0.01, (3000, 2)), rng.uniform(0.0, 2.45, 3000)]
+    res = segment_scene(np.vstack([pts, speck, pole]).astype(np.float32),
+                        SegmentationConfig(max_cluster_height=2.0))
+    assert len(res.clusters) == 1
+    assert res.dropped['too_tall'] == 1
+    assert res.dropped['too_small'] >= 1
+    assert 'too_large' not in res.dropped
+
+
+def test_ransac_plane_hand_built():
+    # 300 points on z = 0.5 and 100 outliers at least 0.5 m above it.
+    rng = np.random.default_rng(15)
+    xy = rng.uniform(0, 2, (300, 2))
+    plane = np.c_[xy, np.full(300, 0.5)]
+    outliers = rng.uniform((0, 0, 1.0), (2, 2, 3.0), (100, 3))
+    normal, offset, inliers = ransac_plane(np.vstack([plane, outliers]), 0.01, 50,
+                                           np.random.default_rng(0))
+    np.testing.assert_allclose(np.abs(normal), [0, 0, 1], atol=1e-9)
+    np.testing.assert_allclose(offset / -normal[2], 0.5, atol=1e-9)
+    assert inliers.tolist() == list(range(300))
+
+
+@pytest.mark.parametrize('sign', [1.0, -1.0])
+def test_snap_keeps_the_height_of_a_downward_normal(sign):
+    # RANSAC may return the floor z = 0.2 as (0, 0, -1) . p + 0.2 = 0: snapping must give
+    # (0, 0, 1) . p - 0.2 = 0, not the mirrored plane z = -0.2 (a candidate with no inliers).
+    rng = np.random.default_rng(16)
+    floor = np.c_[rng.uniform(0, 3, (500, 2)), np.full(500, 0.2)]
+    cfg = SegmentationConfig()
+    normal, offset = _snap_plane(floor, floor, np.array([0.0, 0.01, sign]), -0.2 * sign, cfg,
+                                 math.cos(math.radians(10)), math.sin(math.radians(10)))
+    np.testing.assert_allclose(normal, [0, 0, 1])
+    assert offset == pytest.approx(-0.2, abs=1e-9)
+
+
+def test_voxelize_dense_and_sorted_paths_agree():
+    # Far-apart points make the key range too large for counting: the np.unique path is used.
+    rng = np.random.default_rng(17)
+    near = rng.uniform(0, 1, (2000, 3))
+    far = np.vstack([near, [[500.0, 500.0, 500.0]]])
+    c1, i1, n1 = voxelize(near, 0.1)
+    c2, i2, n2 = voxelize(far, 0.1)
+    np.testing.assert_allclose(c2[:-1], c1)
+    assert (i2[:-1] == i1).all() and i2[-1] == len(c1)
+    assert n2.tolist() == n1.tolist() + [1]
+    cells = np.unique(np.floor((near - near.min(axis=0)) / 0.1), axis=0)
+    assert len(c1) == len(cells)
