@@ -4,9 +4,13 @@ Zero-shot 3D detection: scene segmentation, multi-view projection, OpenDlign cla
 :class:`Detector` runs segmentation (:mod:`opendlign_core.segmentation`) -> per-cluster boxes
 (:mod:`opendlign_core.boxes`) -> batched projection and encoding -> zero-shot classification
 against a :class:`~opendlign_core.classifier.LabelSet` -> thresholds, ``unknown`` outcome and
-class-wise 3D NMS. Clouds are (N, 3) float32 metres; boxes are in the gravity-aligned frame in
-which ``DetectorConfig.up_axis`` becomes +z (the input frame itself for the default ``'z'``).
-Point indices always index the caller's cloud.
+class-wise 3D NMS. Clouds are (N, 3) float32 or float64 metres; boxes are in the gravity-aligned
+frame in which ``DetectorConfig.up_axis`` becomes +z (the input frame itself for the default
+``'z'``). Point indices always index the caller's cloud.
+
+Clouds far from the origin (UTM or map coordinates, float64) keep their precision: the detector
+works in a local frame, subtracting a float64 origin (:func:`local_origin`) before the float32
+cast, and adds it back to every box centre in float64.
 
 The detector holds no per-call state, so ``detect`` may run on one thread while another builds a
 new label set with :meth:`Detector.encode_labels`.
@@ -22,7 +26,7 @@ import numpy as np
 
 from opendlign_core.boxes import Box3D, fit_aabb, fit_oriented_box, nms_3d
 from opendlign_core.config import DetectorConfig
-from opendlign_core.pointcloud import to_z_up
+from opendlign_core.pointcloud import up_rotation
 from opendlign_core.segmentation import check_colors, segment_scene
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,10 @@ class Detection:
     top_k: tuple[tuple[str, float], ...]
     probability: float = math.nan
     hypothesis: int = 0
+    #: (V, D) float32 L2-normalised per-view features of the object (what the classifier
+    #: scored), shared by all hypotheses of one object; None when not computed. Not in
+    #: :meth:`to_dict` and not compared.
+    view_features: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
 
     def to_dict(self, with_indices: bool = False) -> dict:
         """
@@ -67,12 +75,21 @@ class Detection:
 
 @dataclass(frozen=True)
 class DetectionResult:
-    """Detections by decreasing score, stage timings (ms) and scene statistics."""
+    """
+    Detections by decreasing score, stage timings (ms) and scene statistics.
+
+    ``warnings`` and ``dropped_clusters`` (clusters dropped per filter name) come from the
+    segmentation (:class:`~opendlign_core.segmentation.SegmentationResult`, which logs the
+    warnings); clusters the detector itself leaves unclassified add ``'min_points_per_object'``
+    and ``'max_objects'`` counts.
+    """
 
     detections: tuple[Detection, ...]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     num_points: int = 0
     num_clusters: int = 0
+    warnings: tuple[str, ...] = ()
+    dropped_clusters: Mapping[str, int] = field(default_factory=dict)
 
 
 class Detector:
@@ -133,7 +150,14 @@ class Detector:
                         templates=base.templates)
 
     def _prepare(self, points: np.ndarray, colors: Optional[np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+                 ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]:
+        """
+        Select, rotate and localise the finite points.
+
+        :return: ``(work, index, cols, origin)``: (M, 3) float32 z-up points minus ``origin``,
+            their (M,) indices into ``points``, their colours (or None), and the (3,) float64
+            z-up origin to add back to positions computed from ``work``.
+        """
         pts = np.asarray(points)
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise ValueError(f'points must have shape (N, 3), got {pts.shape}')
@@ -144,18 +168,35 @@ class Detector:
         if len(index) > self.config.max_points:
             rng = np.random.default_rng(self.config.seed)
             index = np.sort(rng.choice(index, self.config.max_points, replace=False))
-        work = to_z_up(pts[index].astype(np.float32, copy=False), self.config.up_axis)
+        # Rotate and localise before any float32 cast: casting coordinates like 5e6 m would move
+        # points by up to 0.25 m.
+        zup = pts[index]
+        if self.config.up_axis != 'z':
+            zup = zup.astype(np.float64) @ up_rotation(self.config.up_axis).T
+        origin = local_origin(zup)
+        if zup.dtype == np.float32:
+            # float32 minus a float32 origin rounds exactly like the float64 difference cast to
+            # float32, without a float64 copy of the cloud.
+            origin32 = origin.astype(np.float32)
+            origin = origin32.astype(np.float64)
+            work = np.ascontiguousarray(zup - origin32)
+        else:
+            work = np.ascontiguousarray(zup.astype(np.float64, copy=False) - origin,
+                                        dtype=np.float32)
         if cols is not None and self.config.use_colors:
             cols = cols[index]
         else:
             cols = None
-        return work, index, cols
+        return work, index, cols, origin
 
     def _fit_box(self, pts: np.ndarray) -> Box3D:
         return fit_oriented_box(pts) if self.config.oriented_boxes else fit_aabb(pts)
 
-    def _classify(self, clouds: list[np.ndarray], label_set, timings: dict) -> list:
-        preds = []
+    def _classify(self, clouds: list[np.ndarray], label_set, timings: dict
+                  ) -> tuple[list, list[np.ndarray]]:
+        # Returns the predictions and each object's (V, D) float32 view features.
+        preds: list = []
+        features: list[np.ndarray] = []
         step = max(1, self.config.opendlign.classifier.batch_size)
         for start in range(0, len(clouds), step):
             t0 = time.perf_counter()
@@ -164,11 +205,12 @@ class Detector:
             feats = self.classifier.embed_views(views)
             t2 = time.perf_counter()
             preds.extend(self.classifier.classify_features(feats, label_set))
+            features.extend(_features_to_numpy(feats))
             t3 = time.perf_counter()
             timings['project'] += 1e3 * (t1 - t0)
             timings['encode'] += 1e3 * (t2 - t1)
             timings['classify'] += 1e3 * (t3 - t2)
-        return preds
+        return preds, features
 
     def _object_cloud(self, pts: np.ndarray) -> np.ndarray:
         cap = self.config.max_points_per_object
@@ -177,7 +219,8 @@ class Detector:
         rng = np.random.default_rng(self.config.seed)
         return pts[np.sort(rng.choice(len(pts), cap, replace=False))]
 
-    def _make(self, pred, box: Box3D, indices: np.ndarray) -> list[Detection]:
+    def _make(self, pred, box: Box3D, indices: np.ndarray,
+              features: Optional[np.ndarray] = None) -> list[Detection]:
         prob = float(pred.probability)
         if prob < self.config.score_threshold:
             return []
@@ -185,10 +228,11 @@ class Detector:
         indices = indices.astype(np.int64)
         if self.config.unknown_threshold > 0 and prob < self.config.unknown_threshold:
             return [Detection(self.config.unknown_label, float(pred.score), box, indices, top_k,
-                              prob)]
-        out = [Detection(pred.label, float(pred.score), box, indices, top_k, prob)]
+                              prob, view_features=features)]
+        out = [Detection(pred.label, float(pred.score), box, indices, top_k, prob,
+                         view_features=features)]
         extra = [(k, v) for k, v in top_k if k != pred.label][:self.config.labels_per_object - 1]
-        out.extend(Detection(k, v, box, indices, top_k, math.nan, rank)
+        out.extend(Detection(k, v, box, indices, top_k, math.nan, rank, view_features=features)
                    for rank, (k, v) in enumerate(extra, start=1))
         return out
 
@@ -210,17 +254,23 @@ class Detector:
         """
         t_start = time.perf_counter()
         timings = {'segment': 0.0, 'project': 0.0, 'encode': 0.0, 'classify': 0.0}
-        work, index, cols = self._prepare(points, colors)
+        work, index, cols, origin = self._prepare(points, colors)
         t0 = time.perf_counter()
         seg = segment_scene(work, self.config.segmentation, seed=self.config.seed, colors=cols)
         clusters = [c for c in seg.clusters if len(c) >= self.config.min_points_per_object]
+        dropped = dict(seg.dropped)
+        for name, num in (('min_points_per_object', len(seg.clusters) - len(clusters)),
+                          ('max_objects', len(clusters) - self.config.max_objects)):
+            if num > 0:
+                dropped[name] = num
         clusters = clusters[:self.config.max_objects]
-        boxes = [self._fit_box(work[c]) for c in clusters]
+        boxes = [_shift_box(self._fit_box(work[c]), origin) for c in clusters]
         timings['segment'] = 1e3 * (time.perf_counter() - t0)
-        preds = self._classify([self._object_cloud(work[c]) for c in clusters], label_set,
-                               timings)
+        preds, feats = self._classify([self._object_cloud(work[c]) for c in clusters], label_set,
+                                      timings)
         t1 = time.perf_counter()
-        dets = [d for p, b, c in zip(preds, boxes, clusters) for d in self._make(p, b, index[c])]
+        dets = [d for p, b, c, f in zip(preds, boxes, clusters, feats)
+                for d in self._make(p, b, index[c], f)]
         if dets and self.config.nms_iou < 1:
             keep = nms_3d([d.box for d in dets], [d.score for d in dets], self.config.nms_iou,
                           labels=[d.label for d in dets], oriented=True)
@@ -228,7 +278,8 @@ class Detector:
         dets.sort(key=lambda d: -d.score)
         timings['classify'] += 1e3 * (time.perf_counter() - t1)
         timings['total'] = 1e3 * (time.perf_counter() - t_start)
-        return DetectionResult(tuple(dets), timings, len(np.asarray(points)), len(seg.clusters))
+        return DetectionResult(tuple(dets), timings, len(np.asarray(points)), len(seg.clusters),
+                               seg.warnings, dropped)
 
     def classify_boxes(self, points: np.ndarray, boxes: Sequence[Box3D], label_set
                        ) -> tuple[Detection, ...]:
@@ -246,17 +297,65 @@ class Detector:
         :raises ValueError: If ``points`` is not (N, 3).
         :raises TypeError: If ``points`` is not numeric or a box is not a :class:`Box3D`.
         """
-        work, index, _ = self._prepare(points, None)
+        work, index, _, origin = self._prepare(points, None)
         for b in boxes:
             if not isinstance(b, Box3D):
                 raise TypeError(f'boxes must be Box3D, got {type(b).__name__}')
-        members = [np.flatnonzero(b.contains(work)) for b in boxes]
+        members = [np.flatnonzero(_shift_box(b, -origin).contains(work)) for b in boxes]
         chosen = [(b, m) for b, m in zip(boxes, members)
                   if len(m) >= self.config.min_points_per_object]
         timings = {'project': 0.0, 'encode': 0.0, 'classify': 0.0}
-        preds = self._classify([self._object_cloud(work[m]) for _, m in chosen], label_set,
-                               timings)
-        return tuple(d for p, (b, m) in zip(preds, chosen) for d in self._make(p, b, index[m]))
+        preds, feats = self._classify([self._object_cloud(work[m]) for _, m in chosen],
+                                      label_set, timings)
+        return tuple(d for p, (b, m), f in zip(preds, chosen, feats)
+                     for d in self._make(p, b, index[m], f))
+
+
+#: Height (m) beyond which the vertical coordinate is localised too; below it the local frame
+#: keeps the input's z, so heights in segmentation reports stay those of the input.
+LOCAL_Z_LIMIT = 1000.0
+
+
+def local_origin(points: np.ndarray) -> np.ndarray:
+    """
+    Choose the float64 origin of the detector's float32 working frame.
+
+    x and y are the medians of the points (robust to outliers, so the working coordinates of
+    the scene are small wherever it lies); z is the median too when any point is more than
+    :data:`LOCAL_Z_LIMIT` from z = 0, else 0. The medians are taken over every k-th point, at
+    most about 8192 of them (a fixed stride, so the result is deterministic). Translating a
+    cloud translates the origin by the same amount, so detections do not depend on where the
+    scene lies.
+
+    :param points: (N, 3) finite z-up coordinates, metres, any real dtype.
+    :return: (3,) float64 origin; zeros for an empty cloud.
+    """
+    origin = np.zeros(3)
+    if len(points) == 0:
+        return origin
+    sample = points[::max(1, len(points) // 8192)].astype(np.float64)
+    origin[:2] = np.median(sample[:, :2], axis=0)
+    if np.abs(points[:, 2]).max() > LOCAL_Z_LIMIT:
+        origin[2] = np.median(sample[:, 2])
+    return origin
+
+
+def _features_to_numpy(features) -> list[np.ndarray]:
+    # (B, V, D) torch tensor (or a sequence of arrays from a stub) -> B read-only float32 arrays.
+    if hasattr(features, 'detach'):
+        features = features.detach().to('cpu').float().numpy()
+    out = []
+    for f in features:
+        arr = np.array(f, dtype=np.float32)
+        arr.setflags(write=False)
+        out.append(arr)
+    return out
+
+
+def _shift_box(box: Box3D, offset: np.ndarray) -> Box3D:
+    if not np.any(offset):
+        return box
+    return Box3D(box.center + offset, box.size, box.yaw)
 
 
 def expand_synonyms(labels: Sequence[str], synonyms: str = '') -> list[tuple[str, ...]]:

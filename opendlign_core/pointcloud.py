@@ -1,14 +1,18 @@
 """
 Point-cloud file loading and the small array operations every consumer needs.
 
-All functions take and return ``(N, 3) float32`` arrays of xyz coordinates (units as in the file,
-usually metres). Object clouds handed to :mod:`opendlign_core.projection` are expected in a
-+z-up frame (REP-103); :func:`to_z_up` rotates Y-up (ModelNet/ShapeNet/OBJ) data into it.
+All functions take ``(N, 3)`` arrays of xyz coordinates (units as in the file, usually metres)
+and return float32, except :func:`load_point_cloud`, which keeps float64 where the file stores
+values float32 cannot hold exactly (doubles, text, 32/64-bit integers), so that clouds far from
+the origin (UTM or map coordinates) keep their precision. Object clouds handed to
+:mod:`opendlign_core.projection` are expected in a +z-up frame (REP-103); :func:`to_z_up` rotates
+Y-up (ModelNet/ShapeNet/OBJ) data into it.
 
 Supported files (:func:`load_point_cloud`):
 
-* ``.ply``, ``.pcd``: read with open3d; a ``.ply`` whose header declares faces (a mesh) is
-  surface-sampled with trimesh instead;
+* ``.ply``, ``.pcd``: read with open3d's tensor reader (which keeps the file's float32 or
+  float64 coordinates, PCL padding fields and compressed PCDs included); a ``.ply`` whose header
+  declares faces (a mesh) is surface-sampled with trimesh instead;
 * ``.obj``, ``.off``, ``.stl``, ``.glb``: meshes, surface-sampled with trimesh
   (:data:`MESH_SAMPLE_POINTS` points, fixed seed);
 * ``.npy``: an ``(N, >=3)`` array; ``.npz``: key ``'points'``, else ``'xyz'``, else the only array;
@@ -51,8 +55,10 @@ def load_point_cloud(path: PathLike) -> np.ndarray:
     Load the xyz coordinates of a point-cloud or mesh file.
 
     :param path: File path; the suffix selects the reader (see the module docstring).
-    :return: (N, 3) float32 coordinates in the file's frame and units. Non-finite rows are kept;
-        call :func:`clean_points` to drop them.
+    :return: (N, 3) coordinates in the file's frame and units: float64 when the file stores
+        doubles (``.ply``/``.pcd`` double properties, float64 ``.npy``/``.npz`` arrays), 32- or
+        64-bit integers or decimal text, float32 otherwise (float32/16 data, small integers,
+        mesh samples). Non-finite rows are kept; call :func:`clean_points` to drop them.
     :raises FileNotFoundError: If ``path`` does not exist.
     :raises ValueError: If the suffix is unsupported, or the file holds no points or a table
         with fewer than 3 columns.
@@ -208,7 +214,20 @@ def _table_xyz(table: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] < 3:
         raise ValueError(f'{str(path)!r} holds an array of shape {arr.shape}, '
                          'expected (N, >=3) with xyz in the first 3 columns')
-    return np.ascontiguousarray(arr[:, :3], dtype=np.float32)
+    return np.ascontiguousarray(arr[:, :3], dtype=_lossless_float(arr.dtype))
+
+
+def _lossless_float(dtype: np.dtype) -> type:
+    """
+    Return the smaller float type that holds every value of ``dtype`` exactly.
+
+    :param dtype: A numeric dtype.
+    :return: ``np.float32`` for floats of up to 4 bytes and integers of up to 2 bytes, else
+        ``np.float64``.
+    """
+    if np.issubdtype(dtype, np.floating):
+        return np.float32 if dtype.itemsize <= 4 else np.float64
+    return np.float32 if dtype.itemsize <= 2 else np.float64
 
 
 def _npz_array(path: Path) -> np.ndarray:
@@ -265,7 +284,8 @@ def load_point_colors(path: PathLike) -> Optional[np.ndarray]:
     Load the per-point RGB colours of a point-cloud file, when it has them.
 
     Only point files read by open3d (``.ply`` without faces, ``.pcd``) carry colours; meshes,
-    NumPy and text tables give None.
+    NumPy and text tables give None. 8-bit colours are returned as stored; float colours (0..1)
+    are scaled by 255 and rounded.
 
     :param path: File path.
     :return: (N, 3) uint8 RGB in the row order of :func:`load_point_cloud`, or None.
@@ -279,10 +299,15 @@ def load_point_colors(path: PathLike) -> Optional[np.ndarray]:
     suffix = p.suffix.lower()
     if suffix not in ('.ply',) + _POINT_SUFFIXES or (suffix == '.ply' and _ply_face_count(p)):
         return None
-    cloud = o3d.io.read_point_cloud(str(p))
-    if not cloud.has_colors():
+    cloud = o3d.t.io.read_point_cloud(str(p))
+    if 'colors' not in cloud.point:
         return None
-    return np.clip(np.rint(np.asarray(cloud.colors) * 255), 0, 255).astype(np.uint8)
+    colors = cloud.point.colors.numpy().reshape(-1, 3)
+    if colors.dtype == np.uint8:
+        return np.ascontiguousarray(colors)
+    if np.issubdtype(colors.dtype, np.floating):
+        colors = np.nan_to_num(colors.astype(np.float64) * 255)
+    return np.clip(np.rint(colors), 0, 255).astype(np.uint8)
 
 
 def _read_open3d(path: Path) -> np.ndarray:
@@ -291,8 +316,14 @@ def _read_open3d(path: Path) -> np.ndarray:
     if path.suffix.lower() == '.ply' and _ply_face_count(path) > 0:
         # A mesh: its vertices are not a surface sample (a box has 8); sample the faces.
         return _sample_mesh_file(path)
-    cloud = o3d.io.read_point_cloud(str(path))
-    return np.asarray(cloud.points, dtype=np.float32).reshape(-1, 3)
+    # The tensor reader keeps the stored type (float32 or float64); the legacy reader returns
+    # float64 whatever the file holds, and reads binary PCDs with double x, y, z beside other
+    # fields (PCL's padding, rgb) as all zeros.
+    cloud = o3d.t.io.read_point_cloud(str(path))
+    if 'positions' not in cloud.point:
+        return np.zeros((0, 3), dtype=np.float32)
+    points = cloud.point.positions.numpy().reshape(-1, 3)
+    return np.ascontiguousarray(points, dtype=_lossless_float(points.dtype))
 
 
 def _sample_mesh_file(path: Path) -> np.ndarray:

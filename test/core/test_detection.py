@@ -236,3 +236,183 @@ def test_labels_per_object_emits_ranked_hypotheses():
         DetectorConfig(labels_per_object=0)
     with pytest.raises(ValueError, match='label_synonyms'):
         DetectorConfig(label_synonyms='bin; |trash can')
+
+
+def test_segmentation_warnings_and_drops_reach_the_result():
+    # A 4 x 4 m floor with a 30-point speck (too small) and a 4.5 m rail (too large) beside the
+    # two objects; max_objects=1 leaves the smaller object unclassified (issue 10 item 7).
+    pts, _ = _scene()
+    rng = np.random.default_rng(1)
+    speck = rng.uniform([0.3, 3.5, 1.0], [0.35, 3.55, 1.05], (30, 3))
+    rail = np.c_[rng.uniform(-0.3, 4.2, 3000), rng.normal(0.2, 0.01, 3000),
+                 rng.normal(0.9, 0.01, 3000)]
+    det = Detector(StubClassifier(), DetectorConfig(max_objects=1))
+    res = det.detect(np.vstack([pts, speck, rail]).astype(np.float32),
+                     det.encode_labels(['tall', 'flat']))
+    assert len(res.detections) == 1
+    assert res.dropped_clusters == {'too_small': 1, 'too_large': 1, 'max_objects': 1}
+    assert res.warnings == ('dropped an oversized cluster holding 33% of the non-structure '
+                            'points (4.5 x 0.1 x 0.1 m)',)
+
+
+# ---- clouds far from the origin (issue 10 item 2) ---------------------------------------------
+
+UTM_SHIFT = np.array([500000.0, 5000000.0, 0.0])
+
+
+def _boxes(res):
+    return sorted((d.label, tuple(d.box.center), tuple(d.box.size), d.box.yaw)
+                  for d in res.detections)
+
+
+def _assert_same_boxes(shifted, reference, shift, tol=1e-3):
+    assert len(shifted) == len(reference) == 2
+    for (la, ca, sa, ya), (lb, cb, sb, yb) in zip(shifted, reference):
+        assert la == lb
+        np.testing.assert_allclose(np.subtract(ca, shift), cb, rtol=0, atol=tol)
+        np.testing.assert_allclose(sa, sb, rtol=0, atol=tol)
+        assert abs(ya - yb) < 1e-3
+
+
+@pytest.mark.parametrize('shift', [UTM_SHIFT, -UTM_SHIFT, np.array([512345.678, -4987654.321, 0]),
+                                   np.array([-700000.5, 6000000.25, 2500.0])],
+                         ids=['utm', 'utm_negative', 'utm_fractional', 'high_altitude'])
+def test_far_scene_gives_the_same_boxes_as_at_the_origin(shift):
+    pts, _ = _scene()
+    det = Detector(StubClassifier(), DetectorConfig())
+    labels = det.encode_labels(['tall', 'flat'])
+    reference = _boxes(det.detect(pts, labels))
+    far = pts.astype(np.float64) + shift
+    res = det.detect(far, labels)
+    # Hand-checked: the tall object spans x, y in [1, 1.4], the flat one x in [2.5, 3.5].
+    tall = next(d for d in res.detections if d.label == 'tall')
+    np.testing.assert_allclose(tall.box.center[:2] - shift[:2], [1.2, 1.2], atol=0.05)
+    assert tall.box.center.dtype == np.float64
+    _assert_same_boxes(_boxes(res), reference, shift)
+    # float32 coordinates at 5e6 m are 0.5 m apart: the bug this guards against gave slabs.
+    assert all(min(d.box.size) > 0.2 for d in res.detections)
+
+
+def test_far_float64_cloud_through_pointcloud2_round_trip():
+    from opendlign_core import pointcloud2 as pc2
+
+    pts, _ = _scene()
+    det = Detector(StubClassifier(), DetectorConfig())
+    labels = det.encode_labels(['tall', 'flat'])
+    reference = _boxes(det.detect(pts, labels))
+    far = pts.astype(np.float64) + UTM_SHIFT
+    data, fields, step, row_step = pc2.encode_xyz(far, pc2.FLOAT64)
+    decoded = pc2.decode_xyz(data, fields, step, len(far), 1, row_step)
+    assert decoded.dtype == np.float64
+    np.testing.assert_array_equal(decoded, far)
+    _assert_same_boxes(_boxes(det.detect(decoded, labels)), reference, UTM_SHIFT)
+
+
+def test_classify_boxes_takes_and_returns_boxes_in_far_coordinates():
+    pts, _ = _scene()
+    far = pts.astype(np.float64) + UTM_SHIFT
+    det = Detector(StubClassifier(), DetectorConfig())
+    box = Box3D(np.array([1.2, 1.2, 0.8]) + UTM_SHIFT, [0.5, 0.5, 1.7])
+    out = det.classify_boxes(far, [box], det.encode_labels(['tall', 'flat']))
+    assert [d.label for d in out] == ['tall'] and out[0].box is box
+    # The 3000 points of the tall object (x, y in [1, 1.4], z in [0.05, 1.6]) plus the floor
+    # points under it (z <= 0.05 m + noise): the same members as at the origin.
+    at_origin = det.classify_boxes(pts, [Box3D([1.2, 1.2, 0.8], [0.5, 0.5, 1.7])],
+                                   det.encode_labels(['tall', 'flat']))
+    np.testing.assert_array_equal(out[0].point_indices, at_origin[0].point_indices)
+
+
+def test_local_origin_is_the_horizontal_median():
+    from opendlign_core.detection import local_origin
+
+    pts = np.array([[500000.0, 5000000.0, 1.0], [500002.0, 5000010.0, 3.0],
+                    [500010.0, 5000004.0, 2.0]])
+    np.testing.assert_array_equal(local_origin(pts), [500002.0, 5000004.0, 0.0])
+    pts[:, 2] += 2000.0   # beyond LOCAL_Z_LIMIT: z is localised too
+    np.testing.assert_array_equal(local_origin(pts), [500002.0, 5000004.0, 2002.0])
+    np.testing.assert_array_equal(local_origin(np.zeros((0, 3))), [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize('suffix', ['.npy', '.ply', '.pcd', '.xyz'])
+def test_detect_cli_keeps_double_precision_files(tmp_path, monkeypatch, suffix):
+    import json
+
+    from opendlign_core.scene_cli import main
+
+    monkeypatch.setattr(Detector, 'from_config',
+                        classmethod(lambda cls, config: cls(StubClassifier(), config)))
+    pts, _ = _scene()
+    np.save(tmp_path / 'origin.npy', pts)
+    far = pts.astype(np.float64) + UTM_SHIFT
+    path = tmp_path / f'far{suffix}'
+    if suffix == '.npy':
+        np.save(path, far)
+    elif suffix == '.xyz':
+        np.savetxt(path, far, fmt='%.17g')
+    else:
+        import open3d as o3d
+
+        cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(far))
+        assert o3d.t.io.write_point_cloud(str(path), cloud)
+    boxes = {}
+    for name in ('origin.npy', path.name):
+        out = tmp_path / f'{name}.json'
+        assert main(['detect', str(tmp_path / name), '--labels', 'tall,flat', '--out', str(out),
+                     '--model-name', 'OpenDlign-Tiny-Test']) == 0
+        dets = json.loads(out.read_text())['detections']
+        boxes[name] = sorted((d['label'], tuple(d['box']['center']), tuple(d['box']['size']),
+                              d['box']['yaw']) for d in dets)
+    _assert_same_boxes(boxes[path.name], boxes['origin.npy'], UTM_SHIFT)
+
+
+def test_far_y_up_cloud_gives_z_up_boxes_at_the_shifted_place():
+    pts, _ = _scene()
+    det = Detector(StubClassifier(), DetectorConfig())
+    labels = det.encode_labels(['tall', 'flat'])
+    reference = _boxes(det.detect(pts, labels))
+    # The same scene y-up (x, z, -y), 500 km east and 5000 km "north" (-z in a y-up frame).
+    far = np.c_[pts[:, 0], pts[:, 2], -pts[:, 1]].astype(np.float64) + [500000.0, 0, -5000000.0]
+    res = Detector(StubClassifier(), DetectorConfig(up_axis='y')).detect(far, labels)
+    _assert_same_boxes(_boxes(res), reference, UTM_SHIFT)
+
+
+def test_view_features_are_the_scored_features_shared_by_hypotheses():
+    pts, gt = _scene()
+    det = Detector(StubClassifier(), DetectorConfig(labels_per_object=1))
+    res = det.detect(pts, None)
+    for d in res.detections:
+        # The stub's "features" are the extents of the cloud it projected.
+        expected = np.ptp(pts[d.point_indices], axis=0).astype(np.float32)
+        assert d.view_features.dtype == np.float32
+        np.testing.assert_allclose(d.view_features, expected, atol=1e-5)
+        assert 'view_features' not in d.to_dict()
+    boxes = [Box3D(np.array([1.2, 1.2, 0.85]), np.array([0.5, 0.5, 1.6]))]
+    (one,) = det.classify_boxes(pts, boxes, None)
+    np.testing.assert_allclose(one.view_features, np.ptp(pts[one.point_indices], axis=0),
+                               atol=1e-5)
+
+
+def test_tiny_real_model_view_features_are_unit_per_view():
+    torch = pytest.importorskip('torch')
+    torch.set_num_threads(1)
+    cfg = DetectorConfig(opendlign=OpenDlignConfig(
+        model=ModelConfig(model_name='OpenDlign-Tiny-Test'),
+        projection=ProjectionConfig(resolution=32, view_angles_deg=(30.0, 120.0)),
+        classifier=ClassifierConfig(templates='depth', batch_size=4)),
+        max_points_per_object=512, labels_per_object=2)
+    det = Detector.from_config(cfg)
+    labels = det.encode_labels(['chair', 'table'])
+    pts, _ = _scene()
+    res = det.detect(pts, labels)
+    best = [d for d in res.detections if d.hypothesis == 0]
+    assert len(best) == 2
+    for d in best:
+        assert d.view_features.shape == (2, det.classifier.model.embed_dim)
+        np.testing.assert_allclose(np.linalg.norm(d.view_features, axis=1), 1.0, atol=1e-5)
+        # Re-scoring the stored features reproduces the detection.
+        (pred,) = det.classifier.classify_features(torch.tensor(d.view_features)[None],
+                                                   labels)
+        assert pred.label == d.label and pred.score == pytest.approx(d.score, abs=1e-6)
+        twins = [h for h in res.detections if h.hypothesis > 0
+                 and np.array_equal(h.point_indices, d.point_indices)]
+        assert all(h.view_features is d.view_features for h in twins)

@@ -176,3 +176,108 @@ def test_to_z_up():
     np.testing.assert_array_equal(to_z_up(pts, 'z'), pts)
     with pytest.raises(ValueError, match='up_axis'):
         to_z_up(pts, 'w')
+
+
+# ---- double precision far from the origin (issue 10 item 2) ------------------------------------
+
+UTM = np.array([[500000.123456789, 5000000.987654321, 12.345678901],
+                [-500123.000001, -5000000.5, -0.000001],
+                [500001.5, 5000002.25, 3.0]])
+UTM_RGB = np.array([[255, 10, 20], [0, 200, 3], [7, 8, 9]], np.uint8)
+
+
+def write_ply(path, points, colors=None, xyz_type='double'):
+    """Write a binary little-endian PLY vertex list (optionally with uchar colours)."""
+    kind = {'double': '<f8', 'float': '<f4'}[xyz_type]
+    fields = [('x', kind), ('y', kind), ('z', kind)]
+    props = [f'property {xyz_type} {n}' for n in 'xyz']
+    if colors is not None:
+        fields += [('red', 'u1'), ('green', 'u1'), ('blue', 'u1')]
+        props += [f'property uchar {n}' for n in ('red', 'green', 'blue')]
+    table = np.zeros(len(points), dtype=fields)
+    for i, n in enumerate('xyz'):
+        table[n] = points[:, i]
+    if colors is not None:
+        for i, n in enumerate(('red', 'green', 'blue')):
+            table[n] = colors[:, i]
+    header = '\n'.join(['ply', 'format binary_little_endian 1.0',
+                        f'element vertex {len(points)}', *props, 'end_header']) + '\n'
+    path.write_bytes(header.encode() + table.tobytes())
+
+
+def write_pcl_pcd(path, points, colors):
+    """Write a PCL-style binary PCD: double x y z, a 4-byte '_' padding field, packed rgb."""
+    table = np.zeros(len(points), dtype=[('x', '<f8'), ('y', '<f8'), ('z', '<f8'),
+                                         ('_', '<u4'), ('rgb', '<u4')])
+    for i, n in enumerate('xyz'):
+        table[n] = points[:, i]
+    c = colors.astype(np.uint32)
+    table['rgb'] = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+    header = '\n'.join([
+        '# .PCD v0.7', 'VERSION 0.7', 'FIELDS x y z _ rgb', 'SIZE 8 8 8 4 4', 'TYPE F F F U U',
+        'COUNT 1 1 1 1 1', f'WIDTH {len(points)}', 'HEIGHT 1', 'VIEWPOINT 0 0 0 1 0 0 0',
+        f'POINTS {len(points)}', 'DATA binary']) + '\n'
+    path.write_bytes(header.encode() + table.tobytes())
+
+
+def test_double_ply_keeps_float64_exactly(tmp_path):
+    write_ply(tmp_path / 'utm.ply', UTM, UTM_RGB)
+    out = load_point_cloud(tmp_path / 'utm.ply')
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, UTM)
+    np.testing.assert_array_equal(load_point_colors(tmp_path / 'utm.ply'), UTM_RGB)
+    # A float PLY stays float32 (no pretend precision).
+    write_ply(tmp_path / 'f.ply', np.full((3, 3), 1.5), xyz_type='float')
+    out = load_point_cloud(tmp_path / 'f.ply')
+    assert out.dtype == np.float32 and out.tolist() == [[1.5, 1.5, 1.5]] * 3
+
+
+def test_pcl_double_pcd_with_padding_field_keeps_float64_and_colours(tmp_path):
+    # open3d's legacy reader returned all zeros for this file.
+    write_pcl_pcd(tmp_path / 'utm.pcd', UTM, UTM_RGB)
+    out = load_point_cloud(tmp_path / 'utm.pcd')
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, UTM)
+    np.testing.assert_array_equal(load_point_colors(tmp_path / 'utm.pcd'), UTM_RGB)
+
+
+@pytest.mark.parametrize('values,dtype,expected', [
+    (UTM, np.float64, np.float64),
+    (UTM, np.float32, np.float32),
+    ([[500000001, -5000000001, 7]], np.int64, np.float64),    # not exact in float32
+    ([[500000001, -500000001, 7]], np.int32, np.float64),
+    ([[1, -2, 3], [4, 5, -6]], np.int16, np.float32),
+    ([[1.5, -2.25, 3.0]], np.float16, np.float32)])
+def test_npy_keeps_what_float32_cannot_hold(tmp_path, values, dtype, expected):
+    arr = np.asarray(values).astype(dtype)
+    np.save(tmp_path / 'c.npy', arr)
+    out = load_point_cloud(tmp_path / 'c.npy')
+    assert out.dtype == expected
+    np.testing.assert_array_equal(out, arr.astype(np.float64))
+    np.savez(tmp_path / 'c.npz', points=arr)
+    np.testing.assert_array_equal(load_point_cloud(tmp_path / 'c.npz'), out)
+
+
+def test_text_table_far_from_origin_keeps_decimals(tmp_path):
+    path = tmp_path / 'utm.xyz'
+    path.write_text('500000.123456789 5000000.987654321 12.345678901\n'
+                    '-500123.000001 -5000000.5 -0.000001\n'
+                    '500001.5 5000002.25 3.0\n')
+    out = load_point_cloud(path)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, UTM)
+
+
+def test_double_colours_beside_double_xyz(tmp_path):
+    import open3d as o3d
+
+    cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(UTM))
+    cloud.point.colors = o3d.core.Tensor(np.array([[1.0, 0.5, 0.0], [0.2, 0.999, 0.001],
+                                                   [0.0, 0.0, 1.0]]))
+    path = tmp_path / 'c.ply'
+    assert o3d.t.io.write_point_cloud(str(path), cloud)
+    assert b'property double red' in path.read_bytes()[:400]
+    np.testing.assert_array_equal(load_point_cloud(path), UTM)
+    # rint(255 * value): 127.5 -> 128 (ties to even), 51.0, 254.745 -> 255, 0.255 -> 0.
+    np.testing.assert_array_equal(load_point_colors(path),
+                                  [[255, 128, 0], [51, 255, 0], [0, 0, 255]])
