@@ -30,10 +30,14 @@ def register_bag_commands(subparsers: Any) -> None:
     p.add_argument('--out', required=True, type=Path, help='bag folder to create')
     p.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
     p.add_argument('--mode', choices=('scene', 'frames'), default='scene',
-                   help='one cloud per scene, or one per exported depth frame')
+                   help='one cloud per scene, or one per exported depth frame as a robot '
+                        'records it (camera-frame clouds, /tf, /tf_static)')
     p.add_argument('--rate', type=float, default=None,
                    help='clouds per second of bag time (default 1 for scenes, 5 for frames)')
-    p.add_argument('--frame-id', default='map', help='header.frame_id of the clouds')
+    p.add_argument('--frame-id', default='map',
+                   help="the fixed frame: the clouds' frame in scene mode; in frames mode the "
+                        'root of /tf and the frame of the ground truth (clouds are in '
+                        'camera_depth_optical_frame)')
     p.add_argument('--frame-step', type=int, default=1, help='use every N-th frame')
     p.set_defaults(func=_from_scenes)
 
@@ -53,9 +57,15 @@ def register_bag_commands(subparsers: Any) -> None:
     p.add_argument('--domain-id', type=int, default=None, help='private ROS domain id')
     p.add_argument('--startup-timeout', type=float, default=300.0,
                    help='seconds allowed for the node to load its model')
+    p.add_argument('--target-frame', default=None,
+                   help="node target_frame (default for a bag with /tf or /tf_static: its ground "
+                        "truth's frame, e.g. map, else the root of its transform tree; none "
+                        'for a bag without transforms)')
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser('play', help="publish a bag's messages with their original timing")
+    p = sub.add_parser('play', help="publish a bag's messages with their original timing (and "
+                       'offered QoS; topics of types not installed here are skipped with a '
+                       'warning)')
     p.add_argument('bag', type=Path)
     p.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
     p.add_argument('--topics', nargs='+', default=None, help='topics to play (default: all)')
@@ -87,7 +97,7 @@ def _parse_assignments(items: List[str], what: str) -> Dict[str, Any]:
 
 
 def _from_scenes(args: argparse.Namespace) -> int:
-    from opendlign_ros.bag import bag_from_scenes
+    from opendlign_ros.bag_scenes import bag_from_scenes
 
     summary = bag_from_scenes(args.scenes, args.out, args.storage, args.mode, args.rate,
                               args.frame_id, args.frame_step)
@@ -97,7 +107,7 @@ def _from_scenes(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from opendlign_ros.bag import evaluate_bag
+    from opendlign_ros.bag_eval import evaluate_bag
 
     out = args.out or args.bag.parent / f'{args.bag.name}_eval'
     labels = None
@@ -105,21 +115,22 @@ def _eval(args: argparse.Namespace) -> int:
         labels = [s.strip() for s in args.labels.split(',') if s.strip()]
     report = evaluate_bag(args.bag, out, args.params, args.rate,
                           _parse_assignments(args.param, 'parameter'), labels, args.domain_id,
-                          args.startup_timeout, lockstep=args.lockstep)
+                          args.startup_timeout, lockstep=args.lockstep,
+                          target_frame=args.target_frame)
     print(report.markdown)
     print('files: ' + ', '.join(report.files))
     return 0
 
 
 def _play(args: argparse.Namespace) -> int:
-    from opendlign_ros.bag import RosSession, play_bag
+    from opendlign_ros.bag_io import bag_topics
+    from opendlign_ros.bag_replay import RosSession, play_bag
 
     remap = _parse_assignments(args.remap, 'remapping')
     with RosSession('opendlign_bag_player') as session:
         topics = args.topics
         wait = list(topics or []) if args.wait_for_subscribers else []
         if args.wait_for_subscribers and topics is None:
-            from opendlign_ros.bag import bag_topics
             wait = list(bag_topics(args.bag))
         count = play_bag(session, args.bag, topics, args.rate, wait_for_subscribers=wait,
                          remap=remap)
@@ -128,13 +139,13 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from opendlign_ros.bag import BagRecorder, RosSession, discover_types, stop_on_signal
+    from opendlign_ros.bag_replay import BagRecorder, RosSession, discover_types, stop_on_signal
 
     stop = stop_on_signal()
     with RosSession('opendlign_bag_recorder') as session:
         types = discover_types(session, args.topics, args.discovery_timeout)
         recorder = BagRecorder(session, args.out, types, args.storage)
-        print(f'recording {sorted(types)} into {args.out}; Ctrl-C to stop')
+        print(f'recording {sorted(recorder.topics)} into {args.out}; Ctrl-C to stop')
         deadline = None if args.duration is None else time.monotonic() + args.duration
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
