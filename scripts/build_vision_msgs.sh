@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
-# Build and install the wire-compatible vision_msgs subset (ros_interfaces/vision_msgs) into a
-# Python virtual environment that holds the PyPI ros-* wheels.
+# Build and install the wire-compatible interface subsets in ros_interfaces/ (vision_msgs and
+# tf2_msgs) into a Python virtual environment that holds the PyPI ros-* wheels.
 #
 # Usage: scripts/build_vision_msgs.sh [VENV]      (default: .venv)
 #
-# vision_msgs is not on PyPI, so we generate it from our five .msg files with the rosidl wheels.
-# Idempotent: does nothing when `import vision_msgs.msg` already works in VENV.
-# On a full ROS install do not run this; use the distribution's vision_msgs package.
+# vision_msgs and tf2_msgs are not on PyPI, so we generate them from our .msg files with the rosidl
+# wheels. Idempotent: a package is skipped when its types already import in VENV (vision_msgs
+# must have every type we define, so an older build without LabelInfo is rebuilt).
+# On a full ROS install do not run this; use the distribution's vision_msgs and tf2_msgs packages.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(cd "${1:-${repo_root}/.venv}" && pwd)"
 py="${venv}/bin/python"
-pkg_dir="${repo_root}/ros_interfaces/vision_msgs"
+# Package name and the import that proves an install has every type we define.
+packages=(vision_msgs tf2_msgs)
+declare -A checks=(
+    [vision_msgs]='import vision_msgs.msg as m; m.Detection3DArray, m.LabelInfo, m.VisionClass'
+    [tf2_msgs]='import tf2_msgs.msg as m; m.TFMessage'
+)
 
 if [[ ! -x "${py}" ]]; then
     echo "build_vision_msgs: no Python interpreter at ${py}" >&2
     exit 2
 fi
 
-if "${py}" -c 'import vision_msgs.msg as m; m.Detection3DArray, m.BoundingBox3D' 2>/dev/null; then
-    echo "build_vision_msgs: vision_msgs already importable in ${venv}; nothing to do"
+todo=()
+for pkg in "${packages[@]}"; do
+    if "${py}" -c "${checks[${pkg}]}" 2>/dev/null; then
+        echo "build_vision_msgs: ${pkg} already importable in ${venv}; skipped"
+    else
+        todo+=("${pkg}")
+    fi
+done
+if (( ! ${#todo[@]} )); then
     exit 0
 fi
 
@@ -61,22 +74,25 @@ for f in "${exports[@]}"; do
 done
 echo "build_vision_msgs: fixed include paths in ${#exports[@]} cmake export file(s)"
 
-build_dir="$(mktemp -d -t vision_msgs_build.XXXXXX)"
-trap 'rm -rf "${build_dir}"' EXIT
+build_root="$(mktemp -d -t ros_interfaces_build.XXXXXX)"
+trap 'rm -rf "${build_root}"' EXIT
 export AMENT_PREFIX_PATH="${venv}${AMENT_PREFIX_PATH:+:${AMENT_PREFIX_PATH}}"
 export PATH="${venv}/bin:${PATH}"
 
-cmake -S "${pkg_dir}" -B "${build_dir}" \
-    -DBUILD_TESTING=OFF \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="${venv}" \
-    -DCMAKE_INSTALL_PREFIX="${venv}" \
-    -DPython3_EXECUTABLE="${py}" > "${build_dir}/configure.log" 2>&1 \
-    || { cat "${build_dir}/configure.log" >&2; exit 1; }
-cmake --build "${build_dir}" -j "$(nproc)" > "${build_dir}/build.log" 2>&1 \
-    || { tail -n 60 "${build_dir}/build.log" >&2; exit 1; }
-cmake --install "${build_dir}" > /dev/null
+for pkg in "${todo[@]}"; do
+    build_dir="${build_root}/${pkg}"
+    cmake -S "${repo_root}/ros_interfaces/${pkg}" -B "${build_dir}" \
+        -DBUILD_TESTING=OFF \
+        -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_PREFIX_PATH="${venv}" \
+        -DCMAKE_INSTALL_PREFIX="${venv}" \
+        -DPython3_EXECUTABLE="${py}" > "${build_root}/${pkg}-configure.log" 2>&1 \
+        || { cat "${build_root}/${pkg}-configure.log" >&2; exit 1; }
+    cmake --build "${build_dir}" -j "$(nproc)" > "${build_root}/${pkg}-build.log" 2>&1 \
+        || { tail -n 60 "${build_root}/${pkg}-build.log" >&2; exit 1; }
+    cmake --install "${build_dir}" > /dev/null
 
-"${py}" -c 'import vision_msgs.msg as m; m.Detection3DArray()' \
-    || { echo "build_vision_msgs: built but vision_msgs.msg does not import" >&2; exit 1; }
-echo "build_vision_msgs: installed vision_msgs into ${venv}"
+    "${py}" -c "${checks[${pkg}]}" \
+        || { echo "build_vision_msgs: built but ${pkg}.msg does not import" >&2; exit 1; }
+    echo "build_vision_msgs: installed ${pkg} into ${venv}"
+done
