@@ -389,7 +389,8 @@ class PointCloudFolder(_Samples):
             points = clean_points(load_point_cloud(path))
         except ValueError as e:
             raise ValueError(f'{str(path)!r}: {e}') from e
-        return points if self.up_axis == 'z' else to_z_up(points, self.up_axis)
+        points = points if self.up_axis == 'z' else to_z_up(points, self.up_axis)
+        return np.ascontiguousarray(points, dtype=np.float32)
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, int]:
         """

@@ -90,7 +90,9 @@ def clean_points(points: np.ndarray) -> np.ndarray:
     Drop rows with a non-finite coordinate and reject empty or degenerate clouds.
 
     :param points: (N, 3) coordinates, any real dtype.
-    :return: (M, 3) float32, M <= N, the finite rows in their original order.
+    :return: (M, 3), M <= N, the finite rows in their original order: float64 for float64 input
+        (coordinates far from the origin, e.g. UTM, keep their precision; the projection centres
+        each object in float64), float32 otherwise.
     :raises TypeError: If ``points`` is not a real-valued array.
     :raises ValueError: If ``points`` is not (N, 3), has no finite row, or all finite rows
         coincide (zero extent along every axis).
@@ -106,7 +108,7 @@ def clean_points(points: np.ndarray) -> np.ndarray:
                          f'at {pts[0].tolist()}')
     if not finite.all():
         logger.debug('dropped %d non-finite of %d points', int((~finite).sum()), finite.size)
-    return np.ascontiguousarray(pts, dtype=np.float32)
+    return np.ascontiguousarray(pts, dtype=_working_dtype(pts))
 
 
 def normalize_points(points: np.ndarray) -> np.ndarray:
@@ -184,15 +186,23 @@ def to_z_up(points: np.ndarray, up_axis: str) -> np.ndarray:
 
     :param points: (N, 3) coordinates in the source frame.
     :param up_axis: One of ``'x', 'y', 'z', '-x', '-y', '-z'``.
-    :return: (N, 3) float32 in the +z-up frame.
+    :return: (N, 3) in the +z-up frame: float64 for float64 input (no precision lost far from
+        the origin), float32 otherwise.
     :raises TypeError: If ``points`` is not a real-valued array.
     :raises ValueError: If ``points`` is not (N, 3) or ``up_axis`` is unknown.
     """
     pts = _check_points(points, 'points')
     rotation = up_rotation(up_axis)
+    dtype = _working_dtype(pts)
     if up_axis == 'z':
-        return np.ascontiguousarray(pts, dtype=np.float32)
-    return np.ascontiguousarray(pts.astype(np.float64) @ rotation.T, dtype=np.float32)
+        return np.ascontiguousarray(pts, dtype=dtype)
+    return np.ascontiguousarray(pts.astype(np.float64) @ rotation.T, dtype=dtype)
+
+
+def _working_dtype(points: np.ndarray) -> type:
+    # float64 stays float64 (UTM-scale coordinates lose up to 0.25 m as float32); the rest is
+    # float32, the dtype the projection and the models work in.
+    return np.float64 if points.dtype == np.float64 else np.float32
 
 
 def _check_points(points: np.ndarray, name: str) -> np.ndarray:

@@ -125,7 +125,8 @@ def test_npy_wrong_shape(tmp_path):
 def test_clean_points_drops_non_finite_rows_in_order():
     pts = np.array([[0, 0, 0], [np.nan, 1, 1], [1, 2, 3], [np.inf, 0, 0], [4, 5, 6]], float)
     out = clean_points(pts)
-    assert out.dtype == np.float32
+    assert out.dtype == np.float64
+    assert clean_points(pts.astype(np.float32)).dtype == np.float32
     np.testing.assert_array_equal(out, [[0, 0, 0], [1, 2, 3], [4, 5, 6]])
 
 
@@ -281,3 +282,17 @@ def test_double_colours_beside_double_xyz(tmp_path):
     # rint(255 * value): 127.5 -> 128 (ties to even), 51.0, 254.745 -> 255, 0.255 -> 0.
     np.testing.assert_array_equal(load_point_colors(path),
                                   [[255, 128, 0], [51, 255, 0], [0, 0, 255]])
+
+
+def test_clean_points_and_to_z_up_keep_float64_far_from_the_origin():
+    # A 1 cm object at UTM-like coordinates: float32 would round x to a multiple of 0.5 m.
+    shift = np.array([500000.0, 5000000.0, 0.0])
+    obj = np.array([[0.0, 0.0, 0.0], [0.01, 0.0, 0.0], [0.0, 0.01, 0.02], [np.nan, 0, 0]])
+    out = clean_points(obj + shift)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out - shift, obj[:3], rtol=0, atol=1e-9)
+    up = to_z_up(out, 'y')
+    assert up.dtype == np.float64
+    np.testing.assert_allclose(up[2] - up[0], [0.0, -0.02, 0.01], atol=1e-9)
+    assert clean_points(obj.astype(np.float32)).dtype == np.float32
+    assert to_z_up(np.ones((2, 3), np.int64), 'z').dtype == np.float32
