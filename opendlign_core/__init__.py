@@ -27,6 +27,10 @@ _EXPORTS: Dict[str, str] = {
     'Box3D': 'boxes', 'segment_scene': 'segmentation', 'Detector': 'detection',
     'Detection': 'detection', 'DetectionResult': 'detection',
     'evaluate_detections': 'det_eval',
+    # persistent object map
+    'ObjectMap': 'object_map', 'ObjectMapConfig': 'object_map', 'Observation': 'object_map',
+    'SensorView': 'object_map', 'MapObject': 'object_map', 'MapUpdate': 'object_map',
+    'observations_from_result': 'object_map',
 }
 
 __all__ = sorted(_EXPORTS) + ['__version__']
