@@ -1,19 +1,39 @@
 """
 The ``opendlign`` ROS 2 node: open-vocabulary 3D detection on ``sensor_msgs/PointCloud2``.
 
-Topics (relative, so namespaces and remapping apply):
+Topics and services (relative, so namespaces and remapping apply):
 
-* ``points`` (sub, ``sensor_msgs/PointCloud2``): input clouds, +z up (REP-103), metres.
+* ``points`` (sub, ``sensor_msgs/PointCloud2``): input clouds, metres.
+* ``/tf``, ``/tf_static`` (sub, ``tf2_msgs/TFMessage``, only with ``target_frame``): through
+  tf2_ros when installed, else the node's own listener (:mod:`opendlign_ros.tf_listener`).
 * ``detections`` (pub, ``vision_msgs/Detection3DArray``): one message per processed cloud, with
-  the cloud's header; label in ``results[0].hypothesis.class_id``.
+  the cloud's stamp and ``frame_id`` = ``target_frame`` (or the cloud's frame when it is empty);
+  label in ``results[0].hypothesis.class_id``. An empty cloud (or one without a finite point)
+  gives an empty array.
 * ``markers`` (pub, ``visualization_msgs/MarkerArray``): boxes and labels for RViz.
-* ``diagnostics`` (pub, ``diagnostic_msgs/DiagnosticArray``): per-stage latency and counters.
+* ``label_info`` (pub, ``vision_msgs/LabelInfo``, reliable, transient local, depth 1): class ids
+  and names of the active label set, threshold = ``score_threshold``; republished on every
+  label change. Ids are append-only: a label keeps its id across changes.
+* ``objects`` (pub, ``vision_msgs/Detection3DArray``) and ``objects_markers`` (pub,
+  ``MarkerArray``): the confirmed objects of the persistent object map, in the map frame
+  (``target_frame`` or the cloud's frame), ``Detection3D.id`` = persistent object id,
+  ``results`` = fused label scores; after each processed cloud (``object_map.enabled``).
+* ``~/clear_objects`` (service, ``std_srvs/Trigger``): empty the object map.
+* ``diagnostics`` (pub, ``diagnostic_msgs/DiagnosticArray``): per-stage latency, counters,
+  segmentation warnings and dropped-cluster counts.
+
+Frames: with ``target_frame`` set, each cloud is transformed (float64) into it at the cloud's
+stamp before detection; a cloud whose transform does not arrive within ``transform_timeout`` is
+dropped and counted as ``no_transform``, never processed in another frame. The core detects in a
++z-up frame (``up_axis``); every published box is rotated back, centre and full orientation, into
+the frame its header names.
 
 Threading: the subscription callback only stores the newest cloud (counting the one it replaces
 as superseded) and wakes the inference callback, which runs in its own mutually exclusive
-callback group on a :class:`MultiThreadedExecutor`; parameter services stay responsive during
-inference. A ``labels`` change is validated in the on-set callback without side effects, then its
-text embeddings are built in a third callback group and the label-set reference is swapped in one
+callback group on a :class:`MultiThreadedExecutor`; parameter services, the TF subscriptions and
+the clear service stay responsive during inference and while inference waits for a transform. A
+``labels`` change is validated in the on-set callback without side effects, then its text
+embeddings are built in a third callback group and the label-set reference is swapped in one
 assignment: each detection reads the reference once, so it never mixes two label sets.
 """
 
@@ -22,9 +42,10 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+import numpy as np
 import rclpy
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -32,16 +53,25 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
-from vision_msgs.msg import Detection3DArray
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
-from opendlign_ros import conversions, params
+from opendlign_core.pointcloud import up_rotation
+from opendlign_core.transforms import TransformError, normalize_frame_id, transform_points
+from opendlign_ros import conversions, params, tf_listener
 
 NODE_NAME = 'opendlign'
-#: Executor threads: cloud intake, inference, label building, services/parameters.
-NUM_THREADS = 4
+#: Executor threads: cloud intake, inference, label building, TF, services/parameters.
+NUM_THREADS = 5
+#: ``VisionClass.class_id`` of the "unknown" outcome (vision_msgs' UNLABELED).
+UNLABELED_ID = 65535
+#: QoS of ``label_info``: latched, as vision_msgs asks.
+LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                            reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass
@@ -50,16 +80,47 @@ class Counters:
 
     #: Clouds received on ``points``.
     received: int = 0
-    #: Clouds turned into a ``detections`` message.
+    #: Clouds turned into a ``detections`` message (empty clouds included).
     processed: int = 0
     #: Clouds replaced by a newer one before inference could start on them.
     superseded: int = 0
-    #: Malformed clouds (inconsistent layout, no finite point, over the size cap).
+    #: Malformed clouds (inconsistent layout, over the size cap).
     rejected: int = 0
     #: Clouds on which the detector raised.
     failed: int = 0
     #: Clouds whose colour fields were unusable and ignored (the points were still used).
     colors_ignored: int = 0
+    #: Clouds dropped because their transform to ``target_frame`` was not available in time.
+    no_transform: int = 0
+    #: Processed clouds without any finite point (width or height 0, or all NaN).
+    empty: int = 0
+
+
+class LabelIds:
+    """
+    Append-only ``label -> VisionClass.class_id`` numbering: a label keeps its id forever.
+
+    Ids run from 0; 65535 is reserved for the "UNLABELED" (unknown) class.
+    """
+
+    def __init__(self) -> None:
+        self._ids: Dict[str, int] = {}
+
+    def assign(self, labels: Sequence[str]) -> List[Tuple[int, str]]:
+        """
+        Return the class ids of ``labels``, numbering new labels with the next free ids.
+
+        :param labels: The label set, in order.
+        :return: ``(class_id, label)`` pairs in the order of ``labels``.
+        :raises ValueError: If the ids would pass 65534 (nothing is assigned then).
+        """
+        new = [label for label in dict.fromkeys(labels) if label not in self._ids]
+        if len(self._ids) + len(new) > UNLABELED_ID:
+            raise ValueError(f'class ids exhausted: {len(self._ids)} labels numbered so far, '
+                             f'{len(new)} new ones do not fit below {UNLABELED_ID}')
+        for label in new:
+            self._ids[label] = len(self._ids)
+        return [(self._ids[label], label) for label in labels]
 
 
 class DetectorNode(Node):
@@ -67,13 +128,15 @@ class DetectorNode(Node):
     Zero-shot 3D detector node: a thin shell around ``opendlign_core.detection.Detector``.
 
     :param detector: Object with ``encode_labels(labels)`` and
-        ``detect(points, label_set, colors=None)``;
-        ``None`` (always, outside control-flow unit tests) builds
+        ``detect(points, label_set, colors=None)`` (and ``classifier``, the object map's scorer,
+        when ``object_map.enabled``); ``None`` (always, outside control-flow unit tests) builds
         ``Detector.from_config(...)`` from the parameters.
     :param kwargs: Passed to :class:`rclpy.node.Node` (e.g. ``cli_args``,
         ``parameter_overrides``).
     :raises FileNotFoundError: If the weights file does not exist.
     :raises ValueError: If a parameter value is invalid.
+    :raises ImportError: If ``target_frame`` is set and neither tf2_ros nor tf2_msgs is
+        installed.
     """
 
     def __init__(self, detector: Optional[Any] = None, **kwargs: Any) -> None:
@@ -84,6 +147,8 @@ class DetectorNode(Node):
             from opendlign_core.detection import Detector
             detector = Detector.from_config(self._settings.detector)
         self._detector = detector
+        self._label_ids = LabelIds()
+        self._class_map = self._label_ids.assign(list(self._settings.labels))
         self._label_set = detector.encode_labels(list(self._settings.labels))
         self._label_generation = 0
         self._label_error = ''
@@ -95,9 +160,32 @@ class DetectorNode(Node):
         self._counters = Counters()
         self._last_error = ''
 
+        # The core detects in a +z-up frame: p_zup = R p. Boxes go back with R^T.
+        self._target_frame = normalize_frame_id(self._shell.target_frame)
+        up_axis = self._settings.detector.up_axis
+        self._zup_from_frame: Optional[np.ndarray] = None
+        self._frame_from_zup: Optional[np.ndarray] = None
+        if up_axis != 'z':
+            self._zup_from_frame = np.eye(4)
+            self._zup_from_frame[:3, :3] = up_rotation(up_axis)
+            self._frame_from_zup = self._zup_from_frame.T.copy()
+
         self._inference_group = MutuallyExclusiveCallbackGroup()
         self._intake_group = MutuallyExclusiveCallbackGroup()
         self._labels_group = MutuallyExclusiveCallbackGroup()
+        self._tf_group = MutuallyExclusiveCallbackGroup()
+        self._transforms: Any = None
+        if self._target_frame:
+            self._transforms = tf_listener.create_transform_source(
+                self, callback_group=self._tf_group)
+
+        self._object_map: Any = None
+        self._map_frame = ''
+        if self._settings.object_map_enabled:
+            from opendlign_core.object_map import ObjectMap
+            self._object_map = ObjectMap(getattr(detector, 'classifier', None), self._label_set,
+                                         self._settings.object_map)
+
         self._inference_wake = self.create_guard_condition(
             self._on_inference, callback_group=self._inference_group)
         self._labels_wake = self.create_guard_condition(
@@ -106,6 +194,11 @@ class DetectorNode(Node):
         self._detections_pub = self.create_publisher(Detection3DArray, 'detections', 10)
         self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
+        self._label_info_pub = self.create_publisher(LabelInfo, 'label_info', LABEL_INFO_QOS)
+        self._objects_pub = self.create_publisher(Detection3DArray, 'objects', 10)
+        self._objects_markers_pub = self.create_publisher(MarkerArray, 'objects_markers', 10)
+        from std_srvs.srv import Trigger
+        self._clear_srv = self.create_service(Trigger, '~/clear_objects', self._on_clear_objects)
         reliability = (ReliabilityPolicy.BEST_EFFORT if self._shell.input_qos == 'sensor_data'
                        else ReliabilityPolicy.RELIABLE)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
@@ -114,9 +207,14 @@ class DetectorNode(Node):
 
         self.add_on_set_parameters_callback(params.on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
+        self._publish_label_info()
+        frame = (f'target_frame {self._target_frame!r} (TF: {self._transforms.backend})'
+                 if self._target_frame else "each cloud's own frame")
         self.get_logger().info(
             f'ready: model {self._settings.detector.opendlign.model.model_name!r}, '
             f'{len(self._label_set.labels)} labels, input QoS {self._shell.input_qos}, '
+            f'publishing in {frame}, object map '
+            f'{"on" if self._object_map is not None else "off"}, '
             f'listening on {self._cloud_sub.topic_name}')
 
     @property
@@ -138,6 +236,22 @@ class DetectorNode(Node):
         with self._lock:
             return Counters(**vars(self._counters))
 
+    @property
+    def object_map(self) -> Any:
+        """
+        Return the object map (``None`` when ``object_map.enabled`` is false).
+
+        :return: The :class:`opendlign_core.object_map.ObjectMap`.
+        """
+        return self._object_map
+
+    def destroy_node(self) -> None:
+        """Stop the TF listener, then destroy the node."""
+        if self._transforms is not None:
+            self._transforms.close()
+            self._transforms = None
+        super().destroy_node()
+
     def _on_cloud(self, msg: PointCloud2) -> None:
         with self._lock:
             self._counters.received += 1
@@ -158,6 +272,8 @@ class DetectorNode(Node):
 
     def _process(self, msg: PointCloud2, received: float) -> None:
         start = time.perf_counter()
+        cloud_frame = normalize_frame_id(msg.header.frame_id)
+        header = Header(stamp=msg.header.stamp, frame_id=self._target_frame or cloud_frame)
         colors = None
         try:
             if self._settings.detector.use_colors:
@@ -174,35 +290,136 @@ class DetectorNode(Node):
                 self._counters.colors_ignored += 1
             self.get_logger().warning(f'colour fields ignored, geometry used: {problem}',
                                       throttle_duration_sec=self._throttle())
-        decode_ms = (time.perf_counter() - start) * 1e3
+        timings = {'decode': (time.perf_counter() - start) * 1e3}
+        if len(points) == 0:
+            self._publish_empty(header, start, received, timings, msg)
+            return
+        sensor_pose = np.eye(4)
+        if self._target_frame:
+            t0 = time.perf_counter()
+            try:
+                sensor_pose = self._transforms.lookup(
+                    self._target_frame, cloud_frame, tf_listener.stamp_ns(msg.header.stamp),
+                    float(self.get_parameter('transform_timeout').value))
+            except TransformError as e:
+                stamp = msg.header.stamp
+                self._drop('no_transform',
+                           f'cloud dropped: no transform from [{cloud_frame}] to '
+                           f'[{self._target_frame}] at {stamp.sec}.{stamp.nanosec:09d}: {e}')
+                return
+            points = transform_points(points, sensor_pose)
+            timings['transform'] = (time.perf_counter() - t0) * 1e3
         label_set = self._label_set
         try:
             result = self._detector.detect(points, label_set, colors=colors)
         except Exception as e:  # noqa: BLE001 - one bad cloud must not stop the executor
             self._drop('failed', f'detection failed, cloud dropped: {type(e).__name__}: {e}')
             return
-        self._publish(self._detections_pub, conversions.detections_to_msg(result, msg.header))
+        self._publish(self._detections_pub, conversions.detections_to_msg(
+            result, header, self._frame_from_zup))
         if self.get_parameter('publish_markers').value:
             lifetime = self.get_parameter('marker_lifetime_sec').value
-            self._publish(self._markers_pub,
-                          conversions.markers_to_msg(result, msg.header, lifetime))
+            self._publish(self._markers_pub, conversions.markers_to_msg(
+                result, header, lifetime, frame_from_zup=self._frame_from_zup))
+        extra: Dict[str, Any] = {'detections': len(result.detections),
+                                 'clusters': result.num_clusters, 'points': result.num_points}
+        if self._object_map is not None:
+            t0 = time.perf_counter()
+            try:
+                extra['objects'] = self._update_map(result, points, sensor_pose, header)
+            except Exception as e:  # noqa: BLE001 - the detections are already out
+                message = f'object map update failed: {type(e).__name__}: {e}'
+                with self._lock:
+                    self._last_error = message
+                self.get_logger().error(message, throttle_duration_sec=self._throttle())
+            timings['map_update'] = (time.perf_counter() - t0) * 1e3
         with self._lock:
             self._counters.processed += 1
-        timings = {'decode': decode_ms, **dict(result.timings_ms),
-                   'total': (time.perf_counter() - start) * 1e3,
-                   'latency': (time.monotonic() - received) * 1e3}
+        warnings = tuple(getattr(result, 'warnings', ()) or ())
+        for name, count in dict(getattr(result, 'dropped_clusters', {}) or {}).items():
+            extra[f'dropped_{name}'] = count
+        extra['warnings'] = '; '.join(warnings)
+        for warning in warnings:
+            self.get_logger().warning(f'segmentation: {warning}',
+                                      throttle_duration_sec=self._throttle())
+        timings.update(dict(result.timings_ms))
+        timings['total'] = (time.perf_counter() - start) * 1e3
+        timings['latency'] = (time.monotonic() - received) * 1e3
+        summary = f'{len(result.detections)} detections from {result.num_points} points'
+        self._publish_diagnostics(
+            DiagnosticStatus.WARN if warnings else DiagnosticStatus.OK,
+            summary + (f'; {warnings[0]}' if warnings else ''), timings, extra)
+
+    def _publish_empty(self, header: Header, start: float, received: float,
+                       timings: Dict[str, float], msg: PointCloud2) -> None:
+        empty = Detection3DArray(header=header)
+        self._publish(self._detections_pub, empty)
+        if self.get_parameter('publish_markers').value:
+            self._publish(self._markers_pub, conversions.delete_all_markers(header))
+        with self._lock:
+            self._counters.processed += 1
+            self._counters.empty += 1
+        timings['total'] = (time.perf_counter() - start) * 1e3
+        timings['latency'] = (time.monotonic() - received) * 1e3
         self._publish_diagnostics(
             DiagnosticStatus.OK,
-            f'{len(result.detections)} detections from {result.num_points} points', timings,
-            {'detections': len(result.detections), 'clusters': result.num_clusters,
-             'points': result.num_points})
+            f'empty cloud ({msg.width} x {msg.height}, no finite point): no detections',
+            timings, {'detections': 0, 'clusters': 0, 'points': 0})
+
+    def _update_map(self, result: Any, points: np.ndarray, sensor_pose: np.ndarray,
+                    header: Header) -> int:
+        from opendlign_core.object_map import SensorView, observations_from_result
+
+        if self._map_frame != header.frame_id:
+            if self._map_frame:
+                self.get_logger().warning(
+                    f'cloud frame changed from [{self._map_frame}] to [{header.frame_id}]: '
+                    'object map cleared (set target_frame to a fixed frame to map a moving '
+                    'sensor)')
+                self._object_map.clear()
+            self._map_frame = header.frame_id
+        # The map works in the detector's +z-up version of the map frame.
+        points_map = points
+        map_from_sensor = sensor_pose
+        if self._zup_from_frame is not None:
+            points_map = transform_points(points, self._zup_from_frame)
+            map_from_sensor = self._zup_from_frame @ sensor_pose
+        view = SensorView.from_cloud(points_map, map_from_sensor[:3, 3], map_from_sensor)
+        stamp = tf_listener.stamp_ns(header.stamp) * 1e-9
+        self._object_map.update(observations_from_result(result, points_map), stamp, view)
+        return self._publish_objects(header)
+
+    def _publish_objects(self, header: Header) -> int:
+        objects = self._object_map.objects(confirmed_only=True)
+        self._publish(self._objects_pub, conversions.objects_to_msg(
+            objects, header, self._frame_from_zup))
+        if self.get_parameter('publish_markers').value:
+            self._publish(self._objects_markers_pub, conversions.object_markers_to_msg(
+                objects, header, frame_from_zup=self._frame_from_zup))
+        return len(objects)
+
+    def _on_clear_objects(self, request: Any, response: Any) -> Any:
+        if self._object_map is None:
+            response.success = False
+            response.message = 'object map is disabled (object_map.enabled is false)'
+            return response
+        count = len(self._object_map)
+        self._object_map.clear()
+        if self._map_frame:
+            self._publish_objects(Header(stamp=self.get_clock().now().to_msg(),
+                                         frame_id=self._map_frame))
+        response.success = True
+        response.message = f'cleared {count} objects'
+        self.get_logger().info(f'object map: {response.message}')
+        return response
 
     def _drop(self, counter: str, message: str) -> None:
         with self._lock:
             setattr(self._counters, counter, getattr(self._counters, counter) + 1)
             self._last_error = message
         self.get_logger().warning(message, throttle_duration_sec=self._throttle())
-        level = DiagnosticStatus.WARN if counter == 'rejected' else DiagnosticStatus.ERROR
+        level = (DiagnosticStatus.WARN if counter in ('rejected', 'no_transform')
+                 else DiagnosticStatus.ERROR)
         self._publish_diagnostics(level, message)
 
     def _on_parameters_set(self, parameters: List[Parameter]) -> None:
@@ -220,6 +437,7 @@ class DetectorNode(Node):
         start = time.perf_counter()
         try:
             label_set = self._detector.encode_labels(labels)
+            class_map = self._label_ids.assign(list(label_set.labels))
         except Exception as e:  # noqa: BLE001 - keep serving with the old label set
             self._label_error = f'{type(e).__name__}: {e}'
             self.get_logger().error(f'could not build label set, keeping the old one: '
@@ -227,11 +445,32 @@ class DetectorNode(Node):
             return
         # One reference assignment: a detection in flight keeps the set it already read.
         self._label_set = label_set
+        self._class_map = class_map
         self._label_generation += 1
         self._label_error = ''
+        self._publish_label_info()
+        if self._object_map is not None:
+            try:
+                self._object_map.set_label_set(label_set)
+            except Exception as e:  # noqa: BLE001 - the detector already uses the new set
+                self.get_logger().error(f'object map could not re-score its objects: '
+                                        f'{type(e).__name__}: {e}')
+            else:
+                if self._map_frame:
+                    self._publish_objects(Header(stamp=self.get_clock().now().to_msg(),
+                                                 frame_id=self._map_frame))
         self.get_logger().info(
             f'label set {self._label_generation} active: {len(label_set.labels)} labels '
             f'(built in {(time.perf_counter() - start) * 1e3:.0f} ms)')
+
+    def _publish_label_info(self) -> None:
+        config = self._settings.detector
+        class_map = list(self._class_map)
+        if config.unknown_threshold > 0:
+            class_map.append((UNLABELED_ID, config.unknown_label))
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id='')
+        self._publish(self._label_info_pub, conversions.label_info_to_msg(
+            header, class_map, config.score_threshold))
 
     def _publish_diagnostics(self, level: bytes, message: str, timings: Optional[dict] = None,
                              extra: Optional[dict] = None) -> None:
@@ -242,6 +481,9 @@ class DetectorNode(Node):
         values['labels'] = len(self._label_set.labels)
         values['label_generation'] = self._label_generation
         values['label_error'] = self._label_error
+        values['target_frame'] = self._target_frame
+        if self._transforms is not None:
+            values['tf_backend'] = self._transforms.backend
         self._publish(self._diagnostics_pub, conversions.diagnostics_to_msg(
             self.get_clock().now().to_msg(), level, message, values, timings))
 

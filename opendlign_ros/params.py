@@ -8,6 +8,8 @@ comments; enumerations come from their ``Literal`` types. Names:
 * model fields without prefix (``model_name``, ``weights_path``, ``device``, ``precision``);
 * ``projection.*``, ``classifier.*``, ``segmentation.*`` for the nested configs;
 * the detector's own fields without prefix (``score_threshold``, ``nms_iou``, ...);
+* ``object_map.enabled`` and ``object_map.*`` for
+  :class:`opendlign_core.object_map.ObjectMapConfig` (all read-only);
 * the shell's settings (:class:`ShellSettings`) and ``labels``.
 
 Everything that is baked into the loaded model or the detector is ``read_only`` (set it in the
@@ -32,6 +34,7 @@ from rclpy.parameter import Parameter
 
 from opendlign_core.classifier import validate_labels
 from opendlign_core.config import DetectorConfig
+from opendlign_core.object_map import ObjectMapConfig
 
 #: Labels used when no ``labels`` parameter is given (ScanNet-style indoor classes).
 DEFAULT_LABELS: Tuple[str, ...] = (
@@ -43,6 +46,8 @@ DEFAULT_LABELS: Tuple[str, ...] = (
 MAX_LABELS = 1000
 #: Parameter name of the label list.
 LABELS = 'labels'
+#: Parameter name of the object map switch.
+OBJECT_MAP_ENABLED = 'object_map.enabled'
 
 _PREFIXES = {
     ('opendlign', 'model'): '',
@@ -78,6 +83,7 @@ _RANGES: Dict[str, Tuple[float, float]] = {
     'max_input_points': (1, 100_000_000),
     'marker_lifetime_sec': (0.0, 3600.0),
     'log_throttle_sec': (0.0, 3600.0),
+    'transform_timeout': (0.0, 60.0),
 }
 #: Config fields that stay adjustable at run time (none: the detector is built once).
 _DYNAMIC_CONFIG: Tuple[str, ...] = ()
@@ -98,6 +104,13 @@ class ShellSettings:
     marker_lifetime_sec: float = 0.0
     #: Shortest interval between repeated warnings about dropped clouds, seconds.
     log_throttle_sec: float = 5.0
+    #: Frame to detect and publish in (e.g. odom or map): each cloud is transformed into it at
+    #: the cloud's stamp, with tf2_ros or, without it, the node's own /tf listener. Empty:
+    #: work and publish in each cloud's own frame. A leading / is ignored.
+    target_frame: str = ''
+    #: Longest wait for a cloud's transform to target_frame, seconds (wall clock); a cloud still
+    #: without one is dropped and counted as no_transform.
+    transform_timeout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.input_qos not in ('sensor_data', 'reliable'):
@@ -105,10 +118,13 @@ class ShellSettings:
                 f"input_qos must be 'sensor_data' or 'reliable', got {self.input_qos!r}")
         if self.max_input_points < 1:
             raise ValueError(f'max_input_points must be >= 1, got {self.max_input_points}')
+        if not (self.transform_timeout >= 0):
+            raise ValueError(f'transform_timeout must be >= 0, got {self.transform_timeout}')
 
 
 #: Shell settings that may change while the node runs.
-_DYNAMIC_SHELL = ('publish_markers', 'marker_lifetime_sec', 'log_throttle_sec')
+_DYNAMIC_SHELL = ('publish_markers', 'marker_lifetime_sec', 'log_throttle_sec',
+                  'transform_timeout')
 
 
 @dataclass(frozen=True)
@@ -160,16 +176,29 @@ class NodeSettings:
     detector: DetectorConfig
     shell: ShellSettings
     labels: Tuple[str, ...]
+    #: Settings of the persistent object map.
+    object_map: ObjectMapConfig = ObjectMapConfig()
+    #: Whether the node keeps an object map and publishes ``objects``.
+    object_map_enabled: bool = True
 
 
 def parameter_specs() -> Tuple[ParamSpec, ...]:
     """
     Return the schema of every node parameter, derived from the config dataclasses.
 
-    :return: The specs, config fields first, then shell settings, then ``labels``.
+    :return: The specs: detector config fields, object map settings, shell settings, then
+        ``labels``.
     """
     specs: List[ParamSpec] = []
     _collect(DetectorConfig(), (), specs)
+    specs.append(ParamSpec(
+        OBJECT_MAP_ENABLED, True, ParameterType.PARAMETER_BOOL,
+        'Keep a persistent map of the detected objects in the map frame (target_frame, or the '
+        "cloud's frame) and publish it on objects and objects_markers (read-only: set at start)",
+        ('object_map_enabled',), read_only=True))
+    object_map_specs: List[ParamSpec] = []
+    _collect(ObjectMapConfig(), (), object_map_specs, prefix='object_map.')
+    specs.extend(replace(spec, path=('object_map',) + spec.path) for spec in object_map_specs)
     for f, hint, doc in _documented_fields(ShellSettings):
         specs.append(_spec(f.name, getattr(ShellSettings(), f.name), hint, doc,
                            ('shell', f.name), f.name not in _DYNAMIC_SHELL))
@@ -215,15 +244,21 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
     if unknown:
         raise ValueError(f'unknown parameter(s) {unknown}')
     config_values: Dict[Tuple[str, ...], Any] = {}
+    map_values: Dict[Tuple[str, ...], Any] = {}
     shell_values: Dict[str, Any] = {}
     labels: Sequence[str] = DEFAULT_LABELS
+    map_enabled = True
     for name, value in values.items():
         spec = specs[name]
         value = _from_parameter(value, spec)
         if name == LABELS:
             labels = value
+        elif name == OBJECT_MAP_ENABLED:
+            map_enabled = bool(value)
         elif spec.path[0] == 'shell':
             shell_values[spec.path[1]] = value
+        elif spec.path[0] == 'object_map':
+            map_values[spec.path[1:]] = value
         else:
             config_values[spec.path] = value
     reason = check_labels(labels)
@@ -231,7 +266,9 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         raise ValueError(f'parameter {LABELS!r}: {reason}')
     return NodeSettings(detector=_build(DetectorConfig(), (), config_values),
                         shell=ShellSettings(**shell_values),
-                        labels=validate_labels(labels))
+                        labels=validate_labels(labels),
+                        object_map=_build(ObjectMapConfig(), (), map_values),
+                        object_map_enabled=map_enabled)
 
 
 def check_labels(labels: Any) -> Optional[str]:
@@ -267,13 +304,14 @@ def on_set_parameters(parameters: Sequence[Parameter]) -> SetParametersResult:
     return SetParametersResult(successful=True)
 
 
-def _collect(obj: Any, path: Tuple[str, ...], specs: List[ParamSpec]) -> None:
+def _collect(obj: Any, path: Tuple[str, ...], specs: List[ParamSpec],
+             prefix: Optional[str] = None) -> None:
     for f, hint, doc in _documented_fields(type(obj)):
         value = getattr(obj, f.name)
         if is_dataclass(value):
             _collect(value, path + (f.name,), specs)
             continue
-        name = _PREFIXES[path] + f.name
+        name = (_PREFIXES[path] if prefix is None else prefix) + f.name
         read_only = name not in _DYNAMIC_CONFIG
         specs.append(_spec(name, value, hint, doc, path + (f.name,), read_only))
 

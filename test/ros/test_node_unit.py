@@ -59,7 +59,8 @@ def node_and_double():
     rclpy.init(context=ctx, domain_id=unique_domain_id())
     double = DoubleDetector()
     node = DetectorNode(detector=double, context=ctx, parameter_overrides=[
-        Parameter('labels', value=['chair', 'table'])])
+        Parameter('labels', value=['chair', 'table']),
+        Parameter('object_map.enabled', value=False)])
     executor = MultiThreadedExecutor(num_threads=4, context=ctx)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -67,9 +68,9 @@ def node_and_double():
     yield node, double
     double.gate.set()
     executor.shutdown()
+    spinner.join(5)
     node.destroy_node()
     rclpy.try_shutdown(context=ctx)
-    spinner.join(5)
 
 
 def _cloud(value):

@@ -124,3 +124,30 @@ def test_declare_rejects_out_of_range_override(context):
             params.declare_parameters(node)
     finally:
         node.destroy_node()
+
+
+def test_frame_and_object_map_parameters():
+    specs = {s.name: s for s in params.parameter_specs()}
+    assert specs['target_frame'].default == '' and specs['target_frame'].read_only
+    assert specs['transform_timeout'].default == 0.1
+    assert not specs['transform_timeout'].read_only
+    assert specs['transform_timeout'].range == (0.0, 60.0)
+    assert specs['object_map.enabled'].default is True and specs['object_map.enabled'].read_only
+    map_specs = [s for s in specs.values() if s.path[:1] == ('object_map',)]
+    assert {s.name for s in map_specs} >= {'object_map.voxel_size', 'object_map.min_observations',
+                                           'object_map.label_fusion'}
+    assert specs['object_map.label_fusion'].choices == ('features', 'scores')
+    assert all(s.name.startswith('object_map.') and s.read_only and s.description
+               for s in map_specs)
+    settings = params.settings_from_values({'target_frame': '/odom', 'transform_timeout': 0.5,
+                                            'object_map.enabled': False,
+                                            'object_map.min_observations': 3,
+                                            'object_map.max_age': 30.0})
+    assert (settings.object_map.min_observations, settings.object_map.max_age) == (3, 30.0)
+    assert (settings.shell.target_frame, settings.shell.transform_timeout) == ('/odom', 0.5)
+    assert not settings.object_map_enabled
+    assert params.settings_from_values({}).object_map_enabled
+    with pytest.raises(ValueError, match='transform_timeout must be >= 0'):
+        params.settings_from_values({'transform_timeout': -0.1})
+    with pytest.raises(ValueError, match='ObjectMapConfig.min_observations must be'):
+        params.settings_from_values({'object_map.min_observations': 0})
