@@ -114,6 +114,7 @@ import torch
 import torch.nn.functional as F
 
 from opendlign_core.config import IMAGENET_MEAN, IMAGENET_STD, ProjectionConfig
+from opendlign_core.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -159,22 +160,14 @@ def project_depth_views(points: Union[PointsLike, Sequence[PointsLike]],
         raise TypeError(f'config must be a ProjectionConfig, got {type(config).__name__}')
     dev = torch.device(device)
     clouds = _as_cloud_list(points, dev)
-    previous = torch.get_num_threads()
-    threads = config.num_threads if dev.type == 'cpu' and config.num_threads > 0 else previous
-    if threads != previous:
-        torch.set_num_threads(threads)      # process-wide: restored below
-    try:
-        with torch.no_grad():
-            if config.method == 'realistic':
-                return _project_realistic(clouds, config, dev)
-            idx, bins = _contour_voxels(clouds, config, dev)
-            if _table_fits(config):
-                return _contour_table(idx, bins, len(clouds), config, dev)
-            logger.debug('depth_bins=%d: using the slow dense contour path', config.depth_bins)
-            return _contour_dense(idx, bins, len(clouds), config, dev)
-    finally:
-        if threads != previous:
-            torch.set_num_threads(previous)
+    with torch_threads(config.num_threads, dev), torch.no_grad():
+        if config.method == 'realistic':
+            return _project_realistic(clouds, config, dev)
+        idx, bins = _contour_voxels(clouds, config, dev)
+        if _table_fits(config):
+            return _contour_table(idx, bins, len(clouds), config, dev)
+        logger.debug('depth_bins=%d: using the slow dense contour path', config.depth_bins)
+        return _contour_dense(idx, bins, len(clouds), config, dev)
 
 
 def view_rotations(config: ProjectionConfig = ProjectionConfig()) -> np.ndarray:
