@@ -20,8 +20,11 @@ file its ``segmentsFile`` field names (by ScanNet's README when the field is abs
 ``<scene>.aggregation.json`` -> low-res, ``<scene>_vh_clean.aggregation.json`` -> high-res) and
 with the mesh that segs file belongs to, and refuses a pair that does not fit (segs length !=
 mesh vertex count, a ``sceneId`` naming another scene or mesh, most referenced segments absent).
-The low-res aggregation is preferred when both exist; the points of the returned scene are the
-vertices of the mesh its instances index.
+The first *complete* set (aggregation, the segs file it names, that segs file's mesh) is used,
+low resolution first: a preferred set missing its segs file or mesh is passed over with a warning
+(e.g. the high-res set plus the default ``<scene>.aggregation.json`` alone), and only when no set
+is complete is a ``FileNotFoundError`` listing each set and what it lacks raised. The points of
+the returned scene are the vertices of the mesh its instances index.
 
 Known data errata and how the reader treats them (warnings go to this module's logger):
 
@@ -376,14 +379,9 @@ def _strip_dataset_prefix(name: str) -> str:
     return name.split('.', 1)[1] if name.startswith('scannet.') else name
 
 
-def _pair_aggregation(scene_dir: Path, sid: str) -> Optional[tuple[Path, dict, Path, Path]]:
-    """Return (aggregation, its JSON, segs file, mesh) of a scene, or None without annotation."""
-    for agg_suffix, default_segs in AGGREGATIONS:
-        agg_path = scene_dir / f'{sid}{agg_suffix}'
-        if agg_path.is_file():
-            break
-    else:
-        return None
+def _aggregation_set(scene_dir: Path, sid: str, agg_path: Path, default_segs: str
+                     ) -> tuple[dict, Path, Path]:
+    """Read an aggregation; return its JSON, the segs file it indexes and that file's mesh."""
     agg = _read_json(agg_path)
     if not isinstance(agg, dict) or not isinstance(agg.get('segGroups'), list):
         raise ValueError(f'{agg_path}: no segGroups list')
@@ -396,15 +394,43 @@ def _pair_aggregation(scene_dir: Path, sid: str) -> Optional[tuple[Path, dict, P
     match = _SEGS_NAME.fullmatch(segs_name)
     if match is None or not segs_name.startswith(f'{sid}_'):
         raise ValueError(f'{agg_path}: segmentsFile {named!r} is not a segs file of {sid}')
-    segs_path = scene_dir / segs_name
-    mesh_path = scene_dir / f'{match.group("mesh")}.ply'
-    for needed, what in ((segs_path, 'segmentation'), (mesh_path, 'mesh')):
-        if not needed.is_file():
-            raise FileNotFoundError(
-                f'{agg_path} indexes the segments of {segs_name} (mesh {mesh_path.name}); its '
-                f'{what} {needed} is missing. Segment ids of another resolution do not '
-                "match: provide that file (or the other resolution's aggregation)")
-    return agg_path, agg, segs_path, mesh_path
+    return agg, scene_dir / segs_name, scene_dir / f'{match.group("mesh")}.ply'
+
+
+def _pair_aggregation(scene_dir: Path, sid: str) -> Optional[tuple[Path, dict, Path, Path]]:
+    """
+    Return (aggregation, its JSON, segs file, mesh) of a scene, or None without annotation.
+
+    The first complete set in :data:`AGGREGATIONS` order wins: an aggregation together with
+    the segs file it names and that segs file's mesh, all present (resolutions are never
+    mixed). A preferred aggregation whose set is incomplete is passed over with a warning.
+
+    :raises FileNotFoundError: If aggregations exist but none has its segs file and mesh;
+        the message lists each candidate set and the files it lacks.
+    :raises ValueError: If an aggregation is malformed or names another scene's segs file.
+    """
+    incomplete: list[str] = []
+    for agg_suffix, default_segs in AGGREGATIONS:
+        agg_path = scene_dir / f'{sid}{agg_suffix}'
+        if not agg_path.is_file():
+            continue
+        agg, segs_path, mesh_path = _aggregation_set(scene_dir, sid, agg_path, default_segs)
+        lacking = [f'{what} {needed.name}' for needed, what in
+                   ((segs_path, 'segmentation'), (mesh_path, 'mesh')) if not needed.is_file()]
+        if not lacking:
+            if incomplete:
+                logger.warning('%s: using the complete set %s + %s + %s; passed over the '
+                               'incomplete preferred set(s): %s', scene_dir, agg_path.name,
+                               segs_path.name, mesh_path.name, '; '.join(incomplete))
+            return agg_path, agg, segs_path, mesh_path
+        incomplete.append(f'{agg_path.name} (indexes {segs_path.name}, mesh {mesh_path.name}) '
+                          f'lacks {" and ".join(lacking)}')
+    if not incomplete:
+        return None
+    raise FileNotFoundError(
+        f'{scene_dir}: no complete annotation set (aggregation + the segs file it names + that '
+        "segs file's mesh). " + '; '.join(incomplete) + '. Segment ids of one resolution do '
+        'not match the other: provide the missing files of one set')
 
 
 def _read_segments(segs_path: Path, sid: str, mesh_path: Path, num_vertices: int) -> np.ndarray:
@@ -465,16 +491,17 @@ def read_scannet_scene(scene_dir: Path, align: bool = True,
     """
     Read one scene folder.
 
-    The aggregation (low resolution preferred) is read together with the segs file its
-    ``segmentsFile`` names and that file's mesh; the module docstring lists the data errata
-    handled and refused.
+    The first complete annotation set (low resolution preferred) is read: an aggregation, the
+    segs file its ``segmentsFile`` names and that file's mesh; the module docstring lists the
+    data errata handled and refused.
 
     :param scene_dir: ``<root>/<scene>``; the scene id is the folder name.
     :param align: Apply ``axisAlignment`` (boxes are always fitted in the returned frame).
     :param label_map: raw -> nyu40 (default: the nearest ``scannetv2-labels.combined.tsv``);
         labels are matched exactly, then ignoring case and whitespace.
     :return: The scene (points of the mesh the instances index).
-    :raises FileNotFoundError: If no mesh, or the segs file or mesh an aggregation names, exists.
+    :raises FileNotFoundError: If no mesh exists, or aggregations exist but none has both the
+        segs file it names and that file's mesh.
     :raises ValueError: If the aggregation, segs file and mesh do not belong together, or a file
         is malformed.
     """

@@ -384,3 +384,50 @@ def test_labels_ply_is_not_read(tmp_path):
     (inst,) = read_scannet_scene(d).instances
     assert (inst.nyu40_id, inst.scannet18) == (39, 'garbage bin')
     assert list_scenes(tmp_path) == [d]
+
+
+def test_complete_high_res_set_used_when_low_res_aggregation_stands_alone(tmp_path, caplog):
+    # High-res types plus the default <scene>.aggregation.json, without its segs and mesh.
+    d = _two_resolutions(tmp_path)
+    (d / f'{SID}_vh_clean_2.ply').unlink()
+    (d / f'{SID}_vh_clean_2.0.010000.segs.json').unlink()
+    with caplog.at_level('WARNING', logger='opendlign_core.scannet'):
+        scene = read_scannet_scene(d)
+    assert scene.mesh_file == f'{SID}_vh_clean.ply' and len(scene.points) == 240
+    inst = _by_label(scene)
+    assert inst['chair'].point_indices.tolist() == list(range(120, 240))
+    assert inst['table'].point_indices.tolist() == list(range(120))
+    np.testing.assert_allclose(_center(inst['chair']), (0, 0, 0.5), atol=0.03)
+    np.testing.assert_allclose(_center(inst['table']), (2.5, 0, 0.5), atol=0.03)
+    np.testing.assert_array_equal(scene.instance_ids, [1] * 120 + [0] * 120)
+    assert (f'using the complete set {SID}_vh_clean.aggregation.json + {SID}_vh_clean.segs.json'
+            f' + {SID}_vh_clean.ply') in caplog.text
+    assert (f'{SID}.aggregation.json (indexes {SID}_vh_clean_2.0.010000.segs.json, mesh '
+            f'{SID}_vh_clean_2.ply) lacks segmentation {SID}_vh_clean_2.0.010000.segs.json and '
+            f'mesh {SID}_vh_clean_2.ply') in caplog.text
+
+
+def test_low_res_set_used_when_both_sets_complete_without_fallback_warning(tmp_path, caplog):
+    with caplog.at_level('WARNING', logger='opendlign_core.scannet'):
+        scene = read_scannet_scene(_two_resolutions(tmp_path))
+    assert scene.mesh_file == f'{SID}_vh_clean_2.ply' and len(scene.points) == 120
+    inst = _by_label(scene)
+    assert inst['chair'].point_indices.tolist() == list(range(60))
+    np.testing.assert_allclose(_center(inst['table']), (2.5, 0, 0.5), atol=0.03)
+    assert 'complete set' not in caplog.text and 'passed over' not in caplog.text
+
+
+def test_no_complete_set_error_lists_every_candidate(tmp_path):
+    # Low-res set lacks its segs file; high-res set lacks its mesh (segs file present).
+    d = _two_resolutions(tmp_path)
+    (d / f'{SID}_vh_clean_2.0.010000.segs.json').unlink()
+    (d / f'{SID}_vh_clean.ply').unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        read_scannet_scene(d)
+    text = str(err.value)
+    assert 'no complete annotation set' in text
+    assert (f'{SID}.aggregation.json (indexes {SID}_vh_clean_2.0.010000.segs.json, mesh '
+            f'{SID}_vh_clean_2.ply) lacks segmentation {SID}_vh_clean_2.0.010000.segs.json;'
+            ) in text
+    assert (f'{SID}_vh_clean.aggregation.json (indexes {SID}_vh_clean.segs.json, mesh '
+            f'{SID}_vh_clean.ply) lacks mesh {SID}_vh_clean.ply.') in text
