@@ -279,7 +279,8 @@ class Detector:
         timings['classify'] += 1e3 * (time.perf_counter() - t1)
         timings['total'] = 1e3 * (time.perf_counter() - t_start)
         return DetectionResult(tuple(dets), timings, len(np.asarray(points)), len(seg.clusters),
-                               seg.warnings, dropped)
+                               _precision_warnings(points, origin) + tuple(seg.warnings),
+                               dropped)
 
     def classify_boxes(self, points: np.ndarray, boxes: Sequence[Box3D], label_set
                        ) -> tuple[Detection, ...]:
@@ -338,6 +339,28 @@ def local_origin(points: np.ndarray) -> np.ndarray:
     if np.abs(points[:, 2]).max() > LOCAL_Z_LIMIT:
         origin[2] = np.median(sample[:, 2])
     return origin
+
+
+#: Coarsest coordinate resolution accepted without a warning, metres (a quarter of the default
+#: 4 cm segmentation voxel).
+MAX_INPUT_RESOLUTION = 0.01
+
+
+def _precision_warnings(points: np.ndarray, origin: np.ndarray) -> tuple[str, ...]:
+    # A cloud that arrives as float32 far from the origin (a PCL PointXYZ map in UTM) has
+    # already lost its precision: the detector cannot restore it, but says so.
+    pts = np.asarray(points)
+    if pts.dtype.itemsize > 4 or not np.issubdtype(pts.dtype, np.floating) or not np.any(origin):
+        return ()
+    reach = float(np.abs(origin).max())
+    step = float(np.spacing(np.float32(reach)))
+    if step <= MAX_INPUT_RESOLUTION:
+        return ()
+    message = (f'input coordinates are {pts.dtype} about {reach:.0f} m from the origin, where '
+               f'they are spaced {step:.3g} m apart: geometry finer than that is lost; send '
+               f'float64 coordinates or a frame near the data')
+    logger.warning(message)
+    return (message,)
 
 
 def _features_to_numpy(features) -> list[np.ndarray]:

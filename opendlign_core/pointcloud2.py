@@ -26,8 +26,9 @@ A read field with ``count`` 0 is read as one value, as PCL does (its ``FieldMatc
 layout, two read fields overlapping, a read field with an unknown datatype, a negative offset or
 bytes beyond ``point_step``.
 
-Coordinates decode to float32, or to float64 when any of ``x``, ``y``, ``z`` is FLOAT64, so that
-double-precision clouds far from the origin (UTM, map frames) keep their precision.
+Coordinates decode to float32, or to float64 when any of ``x``, ``y``, ``z`` is FLOAT64, INT32 or
+UINT32, so that double-precision clouds far from the origin (UTM, map frames) and 32-bit integer
+coordinates keep every digit.
 
 Colour (:func:`decode_xyz_rgb`, ``encode_xyz(..., colors=...)``) follows the PCL conventions:
 
@@ -254,9 +255,9 @@ def decode_xyz(
     :param max_points: Reject clouds with more than this many points (``None``: no cap).
     :return: ``(N, 3)`` array of coordinates in the cloud's frame (metres for ROS clouds), a
         fresh C-contiguous array that does not alias ``data``: float64 when any of x, y, z is
-        FLOAT64 (values exact), else float32. ``N`` is 0 for an empty cloud (``width * height
-        == 0``; the fields are then not required) and when ``skip_nans`` is true and no point
-        is finite. Integer coordinates are converted without scaling.
+        FLOAT64, INT32 or UINT32 (values exact), else float32. ``N`` is 0 for an empty cloud
+        (``width * height == 0``; the fields are then not required) and when ``skip_nans`` is
+        true and no point is finite. Integer coordinates are converted without scaling.
     :raises TypeError: If ``data`` does not expose a buffer or an attribute has the wrong type.
     :raises ValueError: If the metadata is inconsistent: see :func:`dtype_from_fields` (applied
         to x, y, z only), plus a negative size, more than ``max_points`` points, a missing or
@@ -515,11 +516,13 @@ def _xyz_of(points: np.ndarray) -> np.ndarray:
     Copy the coordinates out of a structured point view, without filtering.
 
     :param points: Structured view from :func:`_point_view`.
-    :return: ``(height * width, 3)`` float64 array when any coordinate field is FLOAT64 (so
-        that doubles lose nothing), else float32; row-major.
+    :return: ``(height * width, 3)`` float64 array when any coordinate field is FLOAT64,
+        INT32 or UINT32 (float32 holds integers exactly only up to 2**24, so these would lose
+        digits), else float32; row-major.
     """
-    wide = any(points.dtype.fields[name][0].kind == 'f' and points.dtype.fields[name][0].itemsize
-               == 8 for name in XYZ)
+    wide = any(points.dtype.fields[name][0].itemsize >= 4
+               and not (points.dtype.fields[name][0].kind == 'f'
+                        and points.dtype.fields[name][0].itemsize == 4) for name in XYZ)
     xyz = np.empty((points.size, 3), dtype=np.float64 if wide else np.float32)
     for column, name in enumerate(XYZ):
         # Assignment casts and byte-swaps to the native output type in one pass.

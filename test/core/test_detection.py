@@ -416,3 +416,15 @@ def test_tiny_real_model_view_features_are_unit_per_view():
         twins = [h for h in res.detections if h.hypothesis > 0
                  and np.array_equal(h.point_indices, d.point_indices)]
         assert all(h.view_features is d.view_features for h in twins)
+
+
+def test_float32_cloud_far_from_the_origin_is_reported():
+    from opendlign_core.detection import _precision_warnings
+
+    far = np.array([[500000.0, 5000000.0, 0.0]])
+    (message,) = _precision_warnings(far.astype(np.float32), far[0])
+    # float32 values near 5e6 are 0.5 m apart (2**22 <= 5e6 < 2**23, 23 mantissa bits).
+    assert 'spaced 0.5 m apart' in message and 'float32' in message
+    assert _precision_warnings(far, far[0]) == ()                        # float64: exact
+    near = np.array([[1000.0, 2000.0, 0.0]], np.float32)                 # spacing 2.4e-4 m
+    assert _precision_warnings(near, near[0].astype(np.float64)) == ()

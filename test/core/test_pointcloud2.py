@@ -617,3 +617,16 @@ def test_mixed_float64_and_float32_coordinates_decode_to_float64():
     out = _decode(data, fields, point_step=14)
     assert out.dtype == np.float64
     np.testing.assert_array_equal(out, [[500000.123456789, float(np.float32(0.1)), -7.0]])
+
+
+@pytest.mark.parametrize('datatype, dtype', [(5, '<i4'), (6, '<u4')])
+def test_32bit_integer_coordinates_decode_exactly(datatype, dtype):
+    # float32 holds integers exactly only up to 2**24 = 16777216.
+    xyz = np.array([[16777217, 2147483000, 123456789]], dtype=np.int64)
+    if dtype == '<i4':
+        xyz[0, 1] = -2147483000
+    data = xyz.astype(dtype).tobytes()
+    fields = [FieldSpec(n, 4 * i, datatype, 1) for i, n in enumerate('xyz')]
+    out = decode_xyz(data, fields, 12, 1, 1, 12, False)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, xyz)
