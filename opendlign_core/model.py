@@ -19,8 +19,10 @@ Checkpoints from users' training scripts load too (:func:`unwrap_state_dict`): t
 be nested under a top-level key (``state_dict``, ``model``, ``state_dict_ema``, ...) and its keys
 may carry the prefixes that wrappers add (DataParallel/DDP ``module.``, ``torch.compile``
 ``_orig_mod.``, FSDP ``_fsdp_wrapped_module.``, activation checkpointing
-``_checkpoint_wrapped_module.``, Lightning ``model.``/``net.``). One INFO line says what was
-stripped, and every load logs one INFO line saying which weights file each part came from.
+``_checkpoint_wrapped_module.``, Lightning ``model.``/``net.``). When a LightningModule holds
+more than the network (a loss buffer, metric state), the keys under the prefix that matches the
+architecture exactly are loaded and the others ignored. One INFO line says what was stripped and
+ignored, and every load logs one INFO line saying which weights file each part came from.
 """
 
 import contextlib
@@ -33,7 +35,20 @@ from pathlib import Path
 import pickle
 import tempfile
 import threading
-from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    AbstractSet,
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import open_clip
 import torch
@@ -427,7 +442,13 @@ def _build(model_name: str, model_cfg: Mapping[str, Any], *, load_text_weights: 
     # what was loaded instead; any other partial load still warns.
     expected = f'Model {build_name} initialized partially.'
     quiet = _drop_log_message(expected) if packaged_text else contextlib.nullcontext()
-    with _quiet_hf_loading(), quiet:
+    # Likewise 'initialized randomly' is only true when no file follows; when one does (a
+    # checkpoint loaded right after this build) it would read as broken weights.
+    from_file = not source.startswith('random')
+    randomly = (f"No pretrained weights loaded for model '{build_name}'. "
+                'Model initialized randomly.')
+    quiet_random = _drop_log_message(randomly) if from_file else contextlib.nullcontext()
+    with _quiet_hf_loading(), quiet, quiet_random:
         clip = open_clip.create_model(build_name, pretrained=None, load_weights=False,
                                       pretrained_text=load_text_weights)
         tokenizer = open_clip.get_tokenizer(build_name)
@@ -621,14 +642,19 @@ def _load_checkpoint(path: Path, model_name: str) -> DepthCLIP:
         raise ValueError(f'could not read checkpoint {str(path)!r}: {e}') from e
     if not isinstance(raw, Mapping):
         raise ValueError(f'checkpoint {str(path)!r} holds a {type(raw).__name__}, not a dict')
-    state, notes = unwrap_state_dict(raw, str(path))
+    model = _build(model_name, get_model_config(model_name), load_text_weights=False,
+                   source=f'checkpoint {path}')
+    # The depth block, if the file has one, is a copy of the last image block (add_depth_branch).
+    depth_keys = {DEPTH_BLOCK_PREFIX + k
+                  for k in model.clip.visual.transformer.resblocks[-1].state_dict()}
+    state, notes = unwrap_state_dict(raw, str(path), required_keys=set(model.clip.state_dict()),
+                                     optional_keys=depth_keys)
     kind = 'authors checkpoint' if 'authors' in ' '.join(notes) else 'open_clip checkpoint'
+    model.source = f'{kind} {path}'
     where = str(path)
     if notes:
         _logger.info('checkpoint %s: %s', path, '; '.join(notes))
         where = f'{path} (after {"; ".join(notes)})'
-    model = _build(model_name, get_model_config(model_name), load_text_weights=False,
-                   source=f'{kind} {path}')
     if any(k.startswith(DEPTH_BLOCK_PREFIX) for k in state):
         model.add_depth_branch()
     _load_split_state(model, state, where)
@@ -704,8 +730,13 @@ WRAPPER_SEGMENTS = ('_orig_mod', '_fsdp_wrapped_module', '_checkpoint_wrapped_mo
 BOOKKEEPING_KEYS = ('n_averaged',)
 
 
-def unwrap_state_dict(raw: Mapping[str, Any], where: str = 'checkpoint'
-                      ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+def unwrap_state_dict(
+    raw: Mapping[str, Any],
+    where: str = 'checkpoint',
+    *,
+    required_keys: Optional[AbstractSet[str]] = None,
+    optional_keys: AbstractSet[str] = frozenset(),
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """
     Find the state dict in a training checkpoint and strip the wrapper prefixes from its keys.
 
@@ -713,15 +744,27 @@ def unwrap_state_dict(raw: Mapping[str, Any], where: str = 'checkpoint'
     checkpoint's ``state_dict``), the authors' layout (``model_state_dict`` with ``clip_model.``
     keys beside a wrapper ``logit_scale``), a :class:`DepthCLIP` ``state_dict()`` (``clip.`` and
     ``depth_block.`` keys), :data:`WRAPPER_PREFIXES` on every key, in combination
-    (``module._orig_mod.``), and :data:`WRAPPER_SEGMENTS` anywhere in a key. Keys are otherwise
-    left alone: a checkpoint of another network still fails to load, naming its keys.
+    (``module._orig_mod.``), and :data:`WRAPPER_SEGMENTS` anywhere in a key.
+
+    When the architecture's keys are given and no prefix covers every key (a LightningModule that
+    holds a loss buffer such as ``criterion.weight`` or torchmetrics state such as
+    ``val_acc.total`` beside ``model.*``), the dotted prefix under which the keys are exactly the
+    architecture's is stripped and the other keys are ignored, as the notes say. Keys are
+    otherwise left alone: a checkpoint of another network, or one still missing architecture
+    keys under every prefix, keeps all its keys and fails to load, naming them.
 
     :param raw: The loaded checkpoint.
     :param where: The file, for error messages.
+    :param required_keys: Every key the target architecture needs (open_clip names), or ``None``
+        to strip only prefixes that every key has.
+    :param optional_keys: Keys the architecture may also take (the depth block, under
+        :data:`DEPTH_BLOCK_PREFIX`): all of them or none.
     :return: ``(state, notes)``: the tensors under open_clip names (depth block under
         :data:`DEPTH_BLOCK_PREFIX`) and human-readable notes on what was unwrapped (empty when
         the checkpoint was already a plain state dict).
-    :raises ValueError: If no mapping of tensors is found.
+    :raises ValueError: If no mapping of tensors is found, if removing wrapper names makes two
+        keys equal, or if the architecture's keys sit under several prefixes that do not
+        contain one another (e.g. a student and a teacher copy).
     """
     notes: List[str] = []
     found = _find_tensor_mapping(raw, (), depth=3)
@@ -757,29 +800,138 @@ def unwrap_state_dict(raw: Mapping[str, Any], where: str = 'checkpoint'
         stripped.append(prefix)
     if stripped:
         notes.append(f'stripped {"".join(stripped)!r} from all {len(state)} keys')
-    inner: Dict[str, int] = {}
-    renamed = {}
-    for key, value in state.items():
-        parts = key.split('.')
-        kept = [p for p in parts if p not in WRAPPER_SEGMENTS]
-        for p in parts:
-            if p in WRAPPER_SEGMENTS:
-                inner[p] = inner.get(p, 0) + 1
-        renamed['.'.join(kept)] = value
-    if len(renamed) < len(state):
+    if required_keys is not None and state:
+        state, note = _select_prefix(state, where, set(required_keys), set(optional_keys))
+        if note:
+            notes.append(note)
+    names, inner, depth_clip = _clean_names(state)
+    if len(set(names.values())) < len(names):
         raise ValueError(f'checkpoint {where!r}: removing wrapper names {sorted(inner)} from '
                          'the keys makes two keys equal')
-    state = renamed
+    state = {names[k]: v for k, v in state.items()}
     if inner:
         notes.append('removed ' + ', '.join(f'{p + "."!r} from {n} keys'
                                             for p, n in sorted(inner.items())))
-    if state and all(k.startswith(('clip.', 'depth_block.')) for k in state):
-        state = {(k[len('clip.'):] if k.startswith('clip.')
-                  else DEPTH_BLOCK_PREFIX + k[len('depth_block.'):]): v
-                 for k, v in state.items()}
+    if depth_clip:
         notes.append("DepthCLIP state dict: stripped 'clip.', 'depth_block.' -> "
                      f'{DEPTH_BLOCK_PREFIX!r}')
     return state, notes
+
+
+def _clean_names(keys: Iterable[str]) -> Tuple[Dict[str, str], Dict[str, int], bool]:
+    """
+    Map keys to open_clip names: wrapper segments removed, a DepthCLIP layout converted.
+
+    :param keys: State dict keys.
+    :return: ``(names, inner, depth_clip)``: key -> new name, how many keys each of
+        :data:`WRAPPER_SEGMENTS` was removed from, and whether the keys were a
+        :class:`DepthCLIP` ``state_dict()`` (``clip.``/``depth_block.``).
+    """
+    inner: Dict[str, int] = {}
+    names: Dict[str, str] = {}
+    for key in keys:
+        parts = key.split('.')
+        for part in parts:
+            if part in WRAPPER_SEGMENTS:
+                inner[part] = inner.get(part, 0) + 1
+        names[key] = '.'.join(p for p in parts if p not in WRAPPER_SEGMENTS)
+    depth_clip = bool(names) and all(n.startswith(('clip.', 'depth_block.'))
+                                     for n in names.values())
+    if depth_clip:
+        names = {k: (n[len('clip.'):] if n.startswith('clip.')
+                     else DEPTH_BLOCK_PREFIX + n[len('depth_block.'):])
+                 for k, n in names.items()}
+    return names, inner, depth_clip
+
+
+def _is_depth_block_key(key: str) -> bool:
+    name = '.' + '.'.join(p for p in key.split('.') if p not in WRAPPER_SEGMENTS)
+    return '.depth_block.' in name or '.depth_control_visual.' in name
+
+
+def _count(items: Sequence[str], noun: str) -> str:
+    return f'{len(items)} {noun}' + ('' if len(items) == 1 else 's')
+
+
+def _shown(keys: Sequence[str], limit: int = 5) -> str:
+    keys = sorted(keys)
+    return ', '.join(keys[:limit]) + (', ...' if len(keys) > limit else '')
+
+
+def _select_prefix(state: Dict[str, torch.Tensor], where: str, required: AbstractSet[str],
+                   optional: AbstractSet[str]) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
+    """
+    Strip the dotted prefix under which a state dict's keys match an architecture's.
+
+    :param state: The state dict, after the prefixes every key has were stripped.
+    :param where: The file, for error messages.
+    :param required: Keys the architecture needs.
+    :param optional: Keys it may also take, all or none (the depth block).
+    :return: ``(state, note)``. With a prefix whose keys, stripped, are exactly the
+        architecture's (required, plus all optional keys or none), those keys and a note naming
+        the ignored others. Failing that, with a prefix whose keys match more architecture keys
+        than the keys as they are, every key (the others unchanged, so that loading fails naming
+        them) and a note. Otherwise ``state`` unchanged and ``None``.
+    :raises ValueError: If several prefixes match exactly and none contains the others.
+    """
+    known = required | optional
+
+    def names_of(keys: Iterable[str]) -> Optional[set]:
+        mapped = _clean_names(keys)[0]
+        names = set(mapped.values())
+        return None if len(names) < len(mapped) else names
+
+    def fits(names: set) -> bool:
+        depth = names & optional
+        return required <= names <= known and (not depth or depth == optional)
+
+    as_is = names_of(state)
+    if as_is is not None and fits(as_is):
+        return state, None
+    under: Dict[str, List[str]] = {}
+    for key in state:
+        parts = key.split('.')
+        for i in range(1, len(parts)):
+            under.setdefault('.'.join(parts[:i]) + '.', []).append(key)
+    exact: Dict[frozenset, str] = {}
+    best: Optional[Tuple[int, int, str]] = None
+    for prefix, keys in under.items():
+        names = names_of([k[len(prefix):] for k in keys])
+        if names is None:
+            continue
+        covered = frozenset(keys)
+        if fits(names) and len(prefix) > len(exact.get(covered, '')):
+            exact[covered] = prefix
+        score = (len(names & known), -len(names - known), prefix)
+        if best is None or score[:2] > best[:2] or (score[:2] == best[:2]
+                                                     and len(prefix) > len(best[2])):
+            best = score
+    if exact:
+        covered = max(exact, key=len)
+        apart = sorted(p for c, p in exact.items() if not c <= covered)
+        if apart:
+            raise ValueError(
+                f'checkpoint {where!r} holds the architecture under several prefixes, '
+                f'{sorted([exact[covered]] + apart)}; cannot tell which one to load: save '
+                'the wanted one as a plain state dict')
+        prefix = exact[covered]
+        ignored = [k for k in state if k not in covered]
+        # A depth block left outside the prefix is a trained branch, never an extra to ignore.
+        if not any(_is_depth_block_key(k) for k in ignored):
+            return ({k[len(prefix):]: v for k, v in state.items() if k in covered},
+                    f'stripped {prefix!r} from {len(covered)} of {len(state)} keys; ignored the '
+                    f'{_count(ignored, "other key")} (not in the architecture): {_shown(ignored)}')
+    baseline = -1 if as_is is None else len(as_is & known)
+    if best is None or best[0] <= baseline:
+        return state, None
+    prefix = best[2]
+    moved = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+    if len(moved) < len(state) or names_of(moved) is None:
+        return state, None
+    kept = [k for k in state if not k.startswith(prefix)]
+    return moved, (f'stripped {prefix!r} from {len(state) - len(kept)} of {len(state)} keys, '
+                   f'the best match to the architecture; kept the {_count(kept, "other key")} as '
+                   f'they are: {_shown(kept)}')
 
 
 def _find_tensor_mapping(obj: Any, nest: Tuple[str, ...], depth: int

@@ -212,7 +212,8 @@ class DetectorNode(Node):
         frame = (f'target_frame {self._target_frame!r} (TF: {self._transforms.backend})'
                  if self._target_frame else "each cloud's own frame")
         self.get_logger().info(
-            f'ready: model {self._settings.detector.opendlign.model.model_name!r}, '
+            f'ready: model {self._settings.detector.opendlign.model.model_name!r} '
+            f'({_weights_text(self._settings.detector.opendlign.model)}), '
             f'{len(self._label_set.labels)} labels, input QoS {self._shell.input_qos}, '
             f'publishing in {frame}, object map '
             f'{"on" if self._object_map is not None else "off"}, '
@@ -498,6 +499,14 @@ class DetectorNode(Node):
 
     def _throttle(self) -> float:
         return float(self.get_parameter('log_throttle_sec').value)
+
+
+def _weights_text(model_config: Any) -> str:
+    # Users must see which weights they run (the core's INFO line does not reach /rosout).
+    from opendlign_core.model import resolve_weights_path
+
+    path = resolve_weights_path(model_config)
+    return f'weights {path}' if path is not None else 'RANDOM weights: labels mean nothing'
 
 
 def main(args: Optional[List[str]] = None) -> int:

@@ -464,3 +464,101 @@ def test_training_metadata_objects_are_read_as_inert_placeholders(tiny, images, 
     torch.save({'state_dict': state, 'hyper_parameters': _Hyper(lr=0.1)}, path)
     with pytest.raises(ValueError, match='could not read checkpoint'):
         create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+
+
+# ---- LightningModules holding more than the model (a loss buffer, metric state) ---------------
+
+def _lightning_extras():
+    # nn.CrossEntropyLoss(weight=...) registers 'weight'; a torchmetrics Accuracy keeps counters.
+    return {'criterion.weight': torch.ones(4), 'val_acc.correct': torch.tensor(7),
+            'val_acc.total': torch.tensor(9)}
+
+
+@pytest.mark.parametrize('prefix', ['model.', 'net._orig_mod.'])
+def test_lightning_checkpoint_with_loss_and_metric_state_loads(tiny, images, tmp_path, caplog,
+                                                               prefix):
+    state = tiny.export_state_dict()
+    path = tmp_path / 'lightning.ckpt'
+    torch.save({'state_dict': {**_prefixed(state, prefix), **_lightning_extras()}, 'epoch': 1,
+                'pytorch-lightning_version': '2.2.0'}, path)
+    with caplog.at_level(logging.INFO, logger='opendlign_core.model'):
+        loaded = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test',
+                                               weights_path=str(path)))
+    for branch in ('pretrained', 'depth'):
+        assert torch.equal(loaded.encode_image(images, branch), tiny.encode_image(images, branch))
+    tokens = tiny.tokenize(['a chair'])
+    assert torch.equal(loaded.encode_text(tokens), tiny.encode_text(tokens))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('checkpoint ')]
+    n = len(state)
+    assert lines == [
+        f"checkpoint {path}: took the state dict under 'state_dict'; stripped {prefix!r} from "
+        f'{n} of {n + 3} keys; ignored the 3 other keys (not in the architecture): '
+        'criterion.weight, val_acc.correct, val_acc.total']
+
+
+def test_lightning_module_holding_a_depth_clip_and_a_loss_loads(tiny, images, tmp_path, caplog):
+    # `self.model = DepthCLIP(...)`: model.clip.* and model.depth_block.*, beside the loss.
+    path = tmp_path / 'lightning.ckpt'
+    torch.save({'state_dict': {**_prefixed(tiny.state_dict(), 'model.'),
+                               'criterion.weight': torch.ones(4)}}, path)
+    with caplog.at_level(logging.INFO, logger='opendlign_core.model'):
+        loaded = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test',
+                                               weights_path=str(path)))
+    assert torch.equal(loaded.encode_image(images, 'depth'), tiny.encode_image(images, 'depth'))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith('checkpoint '))
+    assert ("stripped 'model.' from " in line and 'ignored the 1 other key (not in the '
+            "architecture): criterion.weight; DepthCLIP state dict: stripped 'clip.'" in line)
+
+
+def test_lightning_checkpoint_with_extra_keys_and_a_real_mismatch_names_the_keys(tiny,
+                                                                                tmp_path):
+    state = dict(tiny.export_state_dict())
+    del state['visual.proj']
+    state['visual.bogus'] = torch.zeros(1)
+    path = tmp_path / 'bad.ckpt'
+    torch.save({'state_dict': {**_prefixed(state, 'model.'), 'criterion.weight': torch.ones(4)}},
+               path)
+    with pytest.raises(ValueError) as info:
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+    message = str(info.value)
+    # Nothing was dropped: the loss buffer is reported beside the key that does not belong.
+    assert (f"stripped 'model.' from {len(state)} of {len(state) + 1} keys, the best match to "
+            'the architecture; kept the 1 other key as they are: criterion.weight') in message
+    assert 'clip: missing keys: visual.proj; clip: unexpected keys: criterion.weight, ' \
+           'visual.bogus' in message
+
+
+def test_lightning_checkpoint_never_ignores_a_depth_block(tiny, tmp_path):
+    # Only model.clip.* fits exactly; ignoring model.depth_block.* would lose the trained branch.
+    path = tmp_path / 'bad.ckpt'
+    torch.save({'state_dict': {**_prefixed(tiny.state_dict(), 'model.'),
+                               'model.step_count': torch.tensor(3)}}, path)
+    with pytest.raises(ValueError) as info:
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+    message = str(info.value)
+    assert 'kept the 13 other keys as they are: depth_block.attn.in_proj_bias' in message
+    assert 'clip: unexpected keys: depth_block.attn.in_proj_bias' in message
+    assert '(13 in all)' in message   # the 12 tensors of the block and step_count
+
+
+def test_checkpoint_with_two_copies_of_the_architecture_is_refused(tiny, tmp_path):
+    state = tiny.export_state_dict()
+    path = tmp_path / 'two.ckpt'
+    torch.save({'state_dict': {**_prefixed(state, 'model.'), **_prefixed(state, 'ema_model.'),
+                               'criterion.weight': torch.ones(4)}}, path)
+    with pytest.raises(ValueError, match=r"under several prefixes, \['ema_model\.', 'model\.'\]"):
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+
+
+def test_checkpoint_load_does_not_claim_random_weights(tiny, tmp_path, caplog):
+    # open_clip's 'initialized randomly' is true for a bare build only: a file follows here.
+    randomly = "No pretrained weights loaded for model 'OpenDlign-Tiny-Test'."
+    path = tmp_path / 'ddp.pt'
+    torch.save({f'module.{k}': v for k, v in tiny.clip.state_dict().items()}, path)
+    with caplog.at_level(logging.WARNING):
+        create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', weights_path=str(path)))
+    assert not [r for r in caplog.records if randomly in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        create_depth_clip(TINY)
+    assert [r for r in caplog.records if randomly in r.getMessage()]
