@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from opendlign_core.classifier import Classifier, preprocess_views
+from opendlign_core.classifier import Classifier, encoder_inputs
 from opendlign_core.config import (
     DetectorConfig,
     ModelConfig,
@@ -76,13 +76,7 @@ def _bare_forwards(model, batches: list[torch.Tensor], step: int) -> tuple[float
     elapsed = cpu = 0.0
     for views in batches:
         for i in range(0, views.shape[0], step):
-            images = preprocess_views(views[i:i + step], model)
-            b, v = images.shape[:2]
-            mask = torch.zeros(b, v, dtype=torch.bool)
-            if model.has_depth_branch:
-                mask[:, v // 2:] = True
-            images = images.flatten(0, 1)
-            mask = mask.flatten()
+            images, mask = encoder_inputs(model, views[i:i + step])
             t0, c0 = time.perf_counter(), time.process_time()
             with torch.inference_mode():
                 model.encode_image_mixed(images, mask)

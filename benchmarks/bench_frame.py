@@ -36,7 +36,7 @@ import time
 import numpy as np
 import torch
 
-from opendlign_core.classifier import preprocess_views
+from opendlign_core.classifier import encoder_inputs
 from opendlign_core.config import DetectorConfig
 from opendlign_core.detection import Detector
 from opendlign_core.projection import project_depth_views
@@ -93,12 +93,7 @@ def _bare_encoder_ms(model, views: torch.Tensor, step: int) -> float:
     """Time encode_image_mixed on preprocessed views, batched as ``Classifier.embed_views``."""
     elapsed = 0.0
     for i in range(0, views.shape[0], step):
-        images = preprocess_views(views[i:i + step], model)
-        b, v = images.shape[:2]
-        mask = torch.zeros(b, v, dtype=torch.bool)
-        if model.has_depth_branch:
-            mask[:, v // 2:] = True
-        images, mask = images.flatten(0, 1), mask.flatten()
+        images, mask = encoder_inputs(model, views[i:i + step])
         t0 = time.perf_counter()
         with torch.inference_mode():
             model.encode_image_mixed(images, mask)

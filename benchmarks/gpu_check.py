@@ -360,15 +360,11 @@ def _time_classify(timer: Timer, classifier: Any, batch: List[np.ndarray], label
     """
     import torch
 
-    from opendlign_core.classifier import preprocess_views
+    from opendlign_core.classifier import encoder_inputs
 
     model = classifier.model
     b = len(batch)
-    images = preprocess_views(classifier.project(batch), model)
-    mask = torch.zeros(b, images.shape[1], dtype=torch.bool)
-    if model.has_depth_branch:
-        mask[:, images.shape[1] // 2:] = True
-    flat, flat_mask = images.flatten(0, 1), mask.flatten()
+    flat, flat_mask = encoder_inputs(model, classifier.project(batch))
 
     def bare() -> None:
         with torch.inference_mode():
@@ -502,7 +498,7 @@ def run_detect(args: argparse.Namespace, budget: Budget) -> List[Row]:
     import torch
 
     from benchmarks.bench_detection import LABELS, _Recorder
-    from opendlign_core.classifier import Classifier, preprocess_views
+    from opendlign_core.classifier import Classifier, encoder_inputs
     from opendlign_core.config import DetectorConfig, ModelConfig, OpenDlignConfig
     from opendlign_core.detection import Detector
     from opendlign_core.model import create_depth_clip
@@ -550,12 +546,7 @@ def run_detect(args: argparse.Namespace, budget: Budget) -> List[Row]:
         bare = 0.0
         for views in recorder.views:
             for i in range(0, views.shape[0], step):
-                images = preprocess_views(views[i:i + step], model)
-                b, v = images.shape[:2]
-                mask = torch.zeros(b, v, dtype=torch.bool)
-                if model.has_depth_branch:
-                    mask[:, v // 2:] = True
-                flat, flat_mask = images.flatten(0, 1), mask.flatten()
+                flat, flat_mask = encoder_inputs(model, views[i:i + step])
 
                 def fwd(flat=flat, flat_mask=flat_mask) -> None:
                     with torch.inference_mode():

@@ -35,6 +35,26 @@ def assert_clean_stop(process: Any, log_path: Any) -> None:
     assert code in (0, -15), f'exit {code}:\n' + open(log_path).read()[-4000:]
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, poll: float = 0.005) -> Any:
+    """
+    Poll ``predicate`` (callbacks run on another thread) until it is truthy.
+
+    :param predicate: Condition.
+    :param timeout: Seconds.
+    :param poll: Seconds between polls.
+    :return: The predicate's value.
+    :raises TimeoutError: If it is still false after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f'condition not met within {timeout:.1f} s')
+        time.sleep(poll)
+
+
 def unique_domain_id() -> int:
     """Return a ROS domain id unlikely to be used by a concurrent test process."""
     return 1 + (os.getpid() * 13 + next(_counter) * 7) % 100

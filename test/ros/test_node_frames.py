@@ -21,7 +21,7 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from ros_harness import FakeDetection, FakeResult, unique_domain_id
+from ros_harness import FakeDetection, FakeResult, unique_domain_id, wait_until
 from rosbags.typesys import Stores, get_typestore
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import PointCloud2, PointField
@@ -134,15 +134,6 @@ def make_rig():
         rig.close()
 
 
-def _wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError('condition not met')
-        time.sleep(0.005)
 
 
 def _transform(parent, child, sec, translation, rotation):
@@ -182,7 +173,7 @@ def test_cloud_is_detected_in_target_frame_at_its_stamp(make_rig):
     rig.tf_pub.publish(TFMessage(transforms=[
         _transform('map', 'camera_link', 10, (1, 2, 1.5), (0, 0, 0, 1)),
         _transform('map', 'camera_link', 12, (3, 2, 1.5), yaw_90)]))
-    out = _wait(lambda: rig.messages('detections'))[0]
+    out = wait_until(lambda: rig.messages('detections'))[0]
     assert out.header.frame_id == 'map' and out.header.stamp == Time(sec=11)
     # optical (0.3, 0.8, 2.5) -> camera_link (2.5, -0.3, -0.8); at 11 s map <- camera_link is
     # halfway: translation (2, 2, 1.5), yaw 45 deg: x = (2.5 + 0.3) / sqrt 2, y = 2.2 / sqrt 2.
@@ -195,7 +186,7 @@ def test_cloud_is_detected_in_target_frame_at_its_stamp(make_rig):
     # up_axis z: the box orientation is the detector's yaw about map +z.
     np.testing.assert_allclose(_rotation(out.detections[0].bbox.center),
                                Rotation.from_euler('z', YAW).as_matrix(), atol=1e-9)
-    markers = _wait(lambda: rig.messages('markers'))[0]
+    markers = wait_until(lambda: rig.messages('markers'))[0]
     assert all(m.header.frame_id == 'map' for m in markers.markers)
     counters = rig.node.counters
     assert (counters.processed, counters.no_transform) == (1, 0)
@@ -206,16 +197,16 @@ def test_cloud_without_transform_is_dropped_and_counted(make_rig):
     rig.tf_static_pub.publish(TFMessage(transforms=[
         _transform('camera_link', 'camera_optical', 0, (0, 0, 0), OPTICAL)]))
     rig.node._on_cloud(_cloud(CENTRE_OPTICAL + CUBE, 'camera_optical'))
-    _wait(lambda: rig.node.counters.no_transform == 1)
+    wait_until(lambda: rig.node.counters.no_transform == 1)
     assert rig.node._last_error.startswith(
         'cloud dropped: no transform from [camera_optical] to [map] at 11.000000000')
     # A transform that exists but not at the cloud's stamp (extrapolation) is refused too.
     rig.tf_pub.publish(TFMessage(transforms=[
         _transform('map', 'camera_link', 20, (0, 0, 0), (0, 0, 0, 1)),
         _transform('map', 'camera_link', 21, (0, 0, 0), (0, 0, 0, 1))]))
-    _wait(lambda: rig.node._transforms.buffer.can_transform('map', 'camera_optical', 0))
+    wait_until(lambda: rig.node._transforms.buffer.can_transform('map', 'camera_optical', 0))
     rig.node._on_cloud(_cloud(CENTRE_OPTICAL + CUBE, 'camera_optical', sec=11))
-    _wait(lambda: rig.node.counters.no_transform == 2)
+    wait_until(lambda: rig.node.counters.no_transform == 2)
     assert 'extrapolation into the past' in rig.node._last_error
     time.sleep(0.2)
     assert rig.messages('detections') == [] and rig.detector.calls == []
@@ -226,7 +217,7 @@ def test_cloud_without_transform_is_dropped_and_counted(make_rig):
 def test_up_axis_boxes_are_published_in_the_header_frame(make_rig):
     rig = make_rig(detector=BoxAllDetector('-y'), up_axis='-y')
     rig.node._on_cloud(_cloud(CENTRE_OPTICAL + CUBE, '/camera_optical'))
-    out = _wait(lambda: rig.messages('detections'))[0]
+    out = wait_until(lambda: rig.messages('detections'))[0]
     assert out.header.frame_id == 'camera_optical'   # the leading '/' is stripped
     det = out.detections[0]
     # Before the fix this was (0.30, 2.50, -0.80): the box stayed in the rotated z-up frame.
@@ -240,7 +231,7 @@ def test_up_axis_boxes_are_published_in_the_header_frame(make_rig):
     # The 0.2 m box keeps its size; its label floats 0.1 + 0.15 m above it, i.e. towards -y.
     np.testing.assert_allclose((det.bbox.size.x, det.bbox.size.y, det.bbox.size.z),
                                (0.2, 0.2, 0.2), atol=1e-6)
-    markers = _wait(lambda: rig.messages('markers'))[0].markers
+    markers = wait_until(lambda: rig.messages('markers'))[0].markers
     cube = next(m for m in markers if m.ns == 'boxes')
     text = next(m for m in markers if m.ns == 'labels')
     assert cube.header.frame_id == text.header.frame_id == 'camera_optical'
@@ -266,7 +257,7 @@ def test_empty_and_all_nan_clouds_give_empty_detection_arrays(make_rig):
     nan_cloud.height, nan_cloud.width, nan_cloud.row_step = 2, 3, 36   # organised 3 x 2
     for count, msg in enumerate((_empty_cloud(0, 1), _empty_cloud(5, 0), nan_cloud), start=1):
         rig.node._on_cloud(msg)
-        _wait(lambda: len(rig.messages('detections')) == count)
+        wait_until(lambda: len(rig.messages('detections')) == count)
     for out in rig.messages('detections'):
         # No transform is needed for nothing: the frame is still target_frame.
         assert out.header.frame_id == 'map' and out.header.stamp == Time(sec=7, nanosec=5)
@@ -275,29 +266,30 @@ def test_empty_and_all_nan_clouds_give_empty_detection_arrays(make_rig):
     assert (counters.processed, counters.empty, counters.rejected, counters.no_transform,
             counters.failed) == (3, 3, 0, 0, 0)
     assert rig.detector.calls == [] and rig.node._last_error == ''
-    markers = _wait(lambda: len(rig.messages('markers')) == 3 and rig.messages('markers'))
+    markers = wait_until(lambda: len(rig.messages('markers')) == 3 and rig.messages('markers'))
     assert [len(m.markers) for m in markers] == [1, 1, 1]
 
 
 def test_label_info_is_latched_and_republished_with_append_only_ids(make_rig):
     rig = make_rig(score_threshold=0.25)
     rig.subscribe_label_info()
-    first = _wait(lambda: rig.messages('label_info'))[0]
+    first = wait_until(lambda: rig.messages('label_info'))[0]
     assert [(c.class_id, c.class_name) for c in first.class_map] == [(0, 'chair'), (1, 'table')]
     assert first.threshold == pytest.approx(0.25)
     assert rig.node.set_parameters([Parameter('labels', value=['table', 'mug'])])[0].successful
-    second = _wait(lambda: len(rig.messages('label_info')) == 2 and rig.messages('label_info'))[1]
+    second = wait_until(
+        lambda: len(rig.messages('label_info')) == 2 and rig.messages('label_info'))[1]
     assert [(c.class_id, c.class_name) for c in second.class_map] == [(1, 'table'), (2, 'mug')]
     stamp = (second.header.stamp.sec, second.header.stamp.nanosec)
     assert stamp >= (first.header.stamp.sec, first.header.stamp.nanosec)
     assert rig.node.set_parameters([Parameter('labels', value=['chair', 'lamp'])])[0].successful
-    _wait(lambda: rig.node.labels == ('chair', 'lamp'))
+    wait_until(lambda: rig.node.labels == ('chair', 'lamp'))
     # A subscriber joining now gets only the latest class map (depth 1).
     late = []
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
     rig.probe.create_subscription(LabelInfo, 'label_info', late.append, qos)
-    _wait(lambda: late)
+    wait_until(lambda: late)
     time.sleep(0.2)
     assert [[(c.class_id, c.class_name) for c in m.class_map] for m in late] == [
         [(0, 'chair'), (3, 'lamp')]]
@@ -306,7 +298,7 @@ def test_label_info_is_latched_and_republished_with_append_only_ids(make_rig):
 def test_unknown_label_is_the_unlabeled_class(make_rig):
     rig = make_rig(unknown_threshold=0.3, unknown_label='unknown')
     rig.subscribe_label_info()
-    info = _wait(lambda: rig.messages('label_info'))[0]
+    info = wait_until(lambda: rig.messages('label_info'))[0]
     assert [(c.class_id, c.class_name) for c in info.class_map] == [
         (0, 'chair'), (1, 'table'), (65535, 'unknown')]
 
@@ -346,7 +338,7 @@ class WarnedResult(NamedTuple):
 def test_segmentation_warnings_and_dropped_clusters_reach_diagnostics(make_rig):
     rig = make_rig(detector=WarningDetector())
     rig.node._on_cloud(_cloud(CENTRE_OPTICAL + CUBE, 'camera_optical'))
-    diag = _wait(lambda: rig.messages('diagnostics'))[-1]
+    diag = wait_until(lambda: rig.messages('diagnostics'))[-1]
     status = diag.status[0]
     assert status.level == DiagnosticStatus.WARN
     assert 'no floor plane found' in status.message
@@ -357,7 +349,7 @@ def test_segmentation_warnings_and_dropped_clusters_reach_diagnostics(make_rig):
     # Without warnings the level is OK and the warnings value is empty.
     rig2 = make_rig()
     rig2.node._on_cloud(_cloud(CENTRE_OPTICAL + CUBE, 'camera_optical'))
-    diag = _wait(lambda: rig2.messages('diagnostics'))[-1]
+    diag = wait_until(lambda: rig2.messages('diagnostics'))[-1]
     assert diag.status[0].level == DiagnosticStatus.OK
     assert dict(conversions.diagnostic_values(diag))['warnings'] == ''
 

@@ -1,7 +1,6 @@
 """Node tests of the persistent object map wiring: objects, objects_markers, ~/clear_objects."""
 
 import threading
-import time
 
 from builtin_interfaces.msg import Time
 import numpy as np
@@ -10,7 +9,7 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
-from ros_harness import TINY, unique_domain_id
+from ros_harness import TINY, unique_domain_id, wait_until
 from scene_clouds import scene_points
 from scipy.spatial.transform import Rotation
 from std_msgs.msg import Header
@@ -61,7 +60,7 @@ class ObjectsRig:
         count = len(self.objects)
         self.node._on_cloud(conversions.cloud_to_msg(
             points, Header(stamp=Time(sec=sec), frame_id=frame)))
-        _wait(lambda: len(self.objects) > count, 60)
+        wait_until(lambda: len(self.objects) > count, 60)
         with self.lock:
             return self.objects[-1]
 
@@ -73,15 +72,6 @@ class ObjectsRig:
         rclpy.try_shutdown(context=self.context)
 
 
-def _wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError('condition not met')
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -115,7 +105,7 @@ def test_objects_keep_their_ids_over_frames_and_clear_empties_the_map(rig):
         scores = [r.hypothesis.score for r in det.results]
         assert set(labels) <= set(TINY['labels']) and scores == sorted(scores, reverse=True)
         assert det.header.frame_id == 'room'
-    markers = _wait(lambda: rig.markers)[-1].markers
+    markers = wait_until(lambda: rig.markers)[-1].markers
     assert markers[0].action == markers[0].DELETEALL
     assert {m.text.rsplit(' ', 1)[-1] for m in markers if m.ns == 'labels'} == {
         f'[{i}]' for i in ids}
@@ -123,17 +113,17 @@ def test_objects_keep_their_ids_over_frames_and_clear_empties_the_map(rig):
     # A label change re-scores the map's objects at once (no new cloud), keeping their ids.
     count = len(rig.objects)
     assert rig.node.set_parameters([Parameter('labels', value=['lamp', 'sofa'])])[0].successful
-    relabelled = _wait(lambda: len(rig.objects) > count and rig.objects[-1], 60)
+    relabelled = wait_until(lambda: len(rig.objects) > count and rig.objects[-1], 60)
     assert sorted(d.id for d in relabelled.detections) == ids
     for det in relabelled.detections:
         assert {r.hypothesis.class_id for r in det.results} == {'lamp', 'sofa'}
 
     assert rig.clear.wait_for_service(timeout_sec=10)
     future = rig.clear.call_async(Trigger.Request())
-    response = _wait(lambda: future.done() and future.result(), 10)
+    response = wait_until(lambda: future.done() and future.result(), 10)
     assert response.success and response.message == 'cleared 2 objects'
     assert len(rig.node.object_map) == 0
-    _wait(lambda: rig.objects[-1].detections == [])
+    wait_until(lambda: rig.objects[-1].detections == [])
     # Ids are never reused after a clear.
     again = [rig.feed(points, sec) for sec in range(6, 11)][-1]
     assert len(again.detections) == 2 and not set(d.id for d in again.detections) & set(ids)
