@@ -72,7 +72,9 @@ def register_bag_commands(subparsers: Any) -> None:
     p.add_argument('--remap', action='append', default=[], metavar='FROM:=TO',
                    help='publish bag topic FROM on TO, repeatable')
     p.add_argument('--wait-for-subscribers', action='store_true',
-                   help='start only when every played topic has a subscriber')
+                   help='start once every played topic (but the ground truth) has a '
+                        'subscriber, or after 30 s with a warning naming those without one; '
+                        'without it the first messages can go out before discovery')
     p.set_defaults(func=_play)
 
     p = sub.add_parser('record', help='record topics (raw CDR) into a new bag')
@@ -123,7 +125,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _play(args: argparse.Namespace) -> int:
-    from opendlign_ros.bag_io import bag_topics
+    from opendlign_ros.bag_io import GROUND_TRUTH_TOPIC, GT_OBJECTS_TOPIC, bag_topics
     from opendlign_ros.bag_replay import RosSession, play_bag
 
     remap = _parse_assignments(args.remap, 'remapping')
@@ -131,8 +133,11 @@ def _play(args: argparse.Namespace) -> int:
         topics = args.topics
         wait = list(topics or []) if args.wait_for_subscribers else []
         if args.wait_for_subscribers and topics is None:
-            wait = list(bag_topics(args.bag))
+            # Our ground-truth topics are for evaluation; nobody need listen to them.
+            wait = [t for t in bag_topics(args.bag)
+                    if t not in (GROUND_TRUTH_TOPIC, GT_OBJECTS_TOPIC)]
         count = play_bag(session, args.bag, topics, args.rate, wait_for_subscribers=wait,
+                         require_subscribers=False,
                          remap=remap)
     print(f'published {count} messages')
     return 0

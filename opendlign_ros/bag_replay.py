@@ -139,7 +139,7 @@ def replay_qos(offered: Sequence[Any], count: int) -> Any:
 
 def play_bag(session: RosSession, path: Path, topics: Optional[Sequence[str]] = None,
              rate: float = 1.0, wait_for_subscribers: Sequence[str] = (),
-             discovery_timeout: float = 30.0,
+             discovery_timeout: float = 30.0, require_subscribers: bool = True,
              on_publish: Optional[Callable[[str, bytes, float], None]] = None,
              remap: Optional[Mapping[str, str]] = None,
              warm_up: Optional[Callable[[Mapping[str, Any]], None]] = None,
@@ -164,6 +164,8 @@ def play_bag(session: RosSession, path: Path, topics: Optional[Sequence[str]] = 
     :param rate: Playback speed factor (> 0).
     :param wait_for_subscribers: Topics that must have a subscriber before playback starts.
     :param discovery_timeout: Seconds to wait for those subscribers.
+    :param require_subscribers: At the timeout, raise ``TimeoutError`` naming the topics still
+        without a subscriber (true), or warn and play anyway (false).
     :param on_publish: Called with ``(topic, data, monotonic_time)`` after each publication.
     :param remap: Bag topic -> published topic.
     :param warm_up: Called with the topic -> publisher map once subscribers are found, before the
@@ -194,10 +196,22 @@ def play_bag(session: RosSession, path: Path, topics: Optional[Sequence[str]] = 
     publishers = {t: session.node.create_publisher(
         cls, remap.get(t, t), replay_qos(offered.get(t, []), available[t][1]))
         for t, cls in classes.items()}
-    for topic in wait_for_subscribers:
-        if topic in publishers:
-            pub = publishers[topic]
-            session.spin_until(lambda p=pub: p.get_subscription_count() > 0, discovery_timeout)
+    waiting = {t: publishers[t] for t in wait_for_subscribers if t in publishers}
+    if waiting:
+        # Start when every awaited topic has a subscriber, or at the timeout with a warning
+        # naming those still without one: a topic nobody listens to must not stop playback.
+        def all_subscribed() -> bool:
+            return all(p.get_subscription_count() > 0 for p in waiting.values())
+
+        try:
+            session.spin_until(all_subscribed, discovery_timeout)
+        except TimeoutError:
+            lonely = sorted(t for t, p in waiting.items() if p.get_subscription_count() == 0)
+            if require_subscribers:
+                raise TimeoutError(f'no subscriber on {lonely} after {discovery_timeout:.0f} s'
+                                   ) from None
+            logger.warning('no subscriber on %s after %.0f s; playing anyway', lonely,
+                           discovery_timeout)
     if warm_up is not None:
         warm_up(publishers)
     count = 0

@@ -1,5 +1,6 @@
 """Bag tools: scene bags with ground truth, and a bit-exact write -> play -> record round trip."""
 
+import logging
 import threading
 
 from builtin_interfaces.msg import Time
@@ -103,3 +104,23 @@ def test_write_play_record_round_trip_is_bit_exact(tmp_path):
     assert {m for _, m, _, _ in copied} == {bag.CLOUD_TYPE}
     stamps = [t for _, _, t, _ in copied]
     assert stamps == sorted(stamps)
+
+
+def test_play_waits_for_subscribers_but_a_topic_nobody_hears_does_not_stop_it(tmp_path, caplog):
+    source = tmp_path / 'source'
+    header = Header(stamp=Time(sec=10), frame_id='map')
+    with bag.BagWriter(source, 'sqlite3') as writer:
+        writer.write('/points', bag.CLOUD_TYPE, 10**9,
+                     conversions.cloud_to_msg(np.zeros((3, 3)), header))
+    session = bag.RosSession('lonely_player', unique_domain_id())
+    try:
+        with pytest.raises(TimeoutError, match=r"no subscriber on \['/points'\]"):
+            bag.play_bag(session, source, wait_for_subscribers=['/points'],
+                         discovery_timeout=0.2)
+        with caplog.at_level(logging.WARNING, logger='opendlign_ros.bag_replay'):
+            sent = bag.play_bag(session, source, wait_for_subscribers=['/points'],
+                                discovery_timeout=0.2, require_subscribers=False)
+    finally:
+        session.close()
+    assert sent == 1
+    assert "no subscriber on ['/points'] after 0 s; playing anyway" in caplog.text
