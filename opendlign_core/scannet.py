@@ -608,7 +608,7 @@ def write_scannet_scene(scene_dir: Path, points: np.ndarray, instance_ids: np.nd
     :param scene_dir: Output folder; its name is the scene id.
     :param points: (N, 3) metres in the scan frame.
     :param instance_ids: (N,) int object id per point, -1 for unlabelled points.
-    :param instance_labels: object id -> raw category.
+    :param instance_labels: object id -> raw category (ids without any point are left out).
     :param colors: (N, 3) uint8 or None.
     :param axis_alignment: (4, 4) scan -> aligned transform (default identity).
     :param instance_scannet18: object id -> semantic ScanNet-18 class (stored as ``scannet18``).
@@ -628,7 +628,9 @@ def write_scannet_scene(scene_dir: Path, points: np.ndarray, instance_ids: np.nd
         {'params': {'kThresh': '0.0001', 'segMinVerts': '20'}, 'sceneId': sid,
          'segIndices': segs}))
     groups = []
-    for oid in sorted(instance_labels):
+    # An instance the scan never saw has no segment: listing it would be an erratum of our own.
+    seen = set(np.unique(ids).tolist())
+    for oid in sorted(o for o in instance_labels if o in seen):
         g = {'id': int(oid), 'objectId': int(oid), 'segments': [int(oid) + 1],
              'label': instance_labels[oid]}
         if instance_scannet18 is not None:

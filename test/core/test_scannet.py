@@ -1,6 +1,7 @@
 """ScanNet format: writer -> reader round trip, alignment, labels, frames, PLY parsing."""
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -431,3 +432,14 @@ def test_no_complete_set_error_lists_every_candidate(tmp_path):
             ) in text
     assert (f'{SID}_vh_clean.aggregation.json (indexes {SID}_vh_clean.segs.json, mesh '
             f'{SID}_vh_clean.ply) lacks mesh {SID}_vh_clean.ply.') in text
+
+
+def test_writer_leaves_out_instances_without_points(tmp_path, caplog):
+    scene = tmp_path / 'scene0000_00'
+    pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    write_scannet_scene(scene, pts, np.array([0, 0, -1]), {0: 'chair', 5: 'table'})
+    groups = json.loads((scene / 'scene0000_00.aggregation.json').read_text())['segGroups']
+    assert [(g['objectId'], g['label']) for g in groups] == [(0, 'chair')]
+    with caplog.at_level(logging.WARNING):
+        read_scannet_scene(scene)
+    assert 'absent' not in caplog.text and 'without any point' not in caplog.text
