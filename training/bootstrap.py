@@ -9,20 +9,28 @@ through the text space.
 
 Stages (each cached under ``--cache-dir``, so a rerun skips finished work):
 
-1. ``sample``: surface points of every loadable model (train split; eval split only for the
-   final evaluation, never for training).
-2. ``render``: ``--variants`` augmented copies per train model (random rotation about the up axis,
-   anisotropic scale jitter, partial single-view scans, point dropout and noise) projected into
-   ``V`` depth views with :func:`opendlign_core.projection.project_depth_views` at the model's
-   input resolution, stored as uint8; eval models once, unaugmented.
+1. ``sample``: surface points of every loadable model and ``--partial-views`` single depth-camera
+   views ray-cast from robot-like viewpoints with Kinect-like noise
+   (:mod:`training.robot_views`; train split; eval split one view each, only for the final
+   evaluation, never for training).
+2. ``render``: ``--variants`` augmented copies per train model (:func:`robot_variant`: a ray-cast
+   view or the full surface, segmentation errors such as floor remnants, wall fragments, a
+   neighbour's points and occlusion cuts, random yaw, scale jitter, dropout) projected into ``V``
+   depth views with :func:`opendlign_core.projection.project_depth_views` at the model's input
+   resolution, stored as uint8; evaluation objects once per mode (full surface / partial view,
+   ``--eval-points`` points).
 3. ``train``: each depth view is a sample; its target is the set of the object's label texts
-   (ModelNet40 class, ScanNet-18 class, ScanNet raw category, cleaned name), each embedded once
-   with the frozen text tower through the depth templates (as the classifier does at inference).
+   (ModelNet40 class, ScanNet-18 class, ScanNet raw category, cleaned catalog name: every train
+   model, not only benchmark classes), each embedded once with the frozen text tower through the
+   depth templates and ensembled over its synonyms. Objects are drawn class-balanced
+   (``--balance-power``); ``--holdout-frac`` of the train split is held out for validation.
    Loss: cross-entropy of ``logit_scale * cos`` over the bank of all train texts with a uniform
    target over the object's texts.
 4. ``export``: :func:`opendlign_core.model.save_depth_clip` with the projection config and
-   provenance in the manifest, then zero-shot accuracy on the eval split (ModelNet40 classes with
-   at least ``--min-eval-per-class`` eval models), written to ``eval.json``.
+   provenance in the manifest, then zero-shot accuracy (full surface and single partial view,
+   with and without synonym prompts) on the eval split (ModelNet40 classes with at least
+   ``--min-eval-per-class`` eval models) and on the train-split holdout, written to
+   ``eval.json``.
 
 Example (the exact command behind the bundled weights is in
 ``opendlign_core/weights/MODEL_CARD.md``)::
@@ -68,7 +76,14 @@ class BootstrapArgs:
     points: int = 8192
     variants: int = 8
     views: int = 10
-    partial_prob: float = 0.35
+    partial_prob: float = 0.5
+    partial_views: int = 4
+    clutter_prob: float = 0.5
+    balance_power: float = 0.5
+    holdout_frac: float = 0.1
+    eval_points: int = 1024
+    time_budget_min: float = 0.0
+    no_synonyms: bool = False
     epochs: int = 6
     batch_size: int = 128
     lr: float = 1e-3
@@ -83,9 +98,13 @@ class BootstrapArgs:
     stage: str = 'all'
     skip_eval: bool = False
     eval_weights: str = ''
+    init_weights: str = ''
 
 
 STAGES = ('sample', 'render', 'train', 'export', 'all')
+
+#: Points stored per ray-cast partial view.
+PARTIAL_POINTS = 2048
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> BootstrapArgs:
@@ -111,7 +130,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BootstrapArgs:
     p.add_argument('--views', type=int, default=d.views,
                    help='views per render (the first V of the default view angles)')
     p.add_argument('--partial-prob', type=float, default=d.partial_prob,
-                   help='probability that a variant is a partial single-view scan')
+                   help='probability that a variant is a ray-cast single-view scan')
+    p.add_argument('--partial-views', type=int, default=d.partial_views,
+                   help='ray-cast robot views per train model (sample stage)')
+    p.add_argument('--clutter-prob', type=float, default=d.clutter_prob,
+                   help='probability of each segmentation error (floor, wall, neighbour, cut)')
+    p.add_argument('--balance-power', type=float, default=d.balance_power,
+                   help='class-balanced sampling: weight = class count ** -power (0 = uniform)')
+    p.add_argument('--holdout-frac', type=float, default=d.holdout_frac,
+                   help='train-split models held out of training (validation, by id hash)')
+    p.add_argument('--eval-points', type=int, default=d.eval_points,
+                   help='points per evaluated object (full surface and partial view)')
+    p.add_argument('--time-budget-min', type=float, default=d.time_budget_min,
+                   help='also end the LR schedule (and training) after this many minutes; 0 = off')
+    p.add_argument('--no-synonyms', action='store_true',
+                   help='no synonym prompt ensembling in the text targets')
     p.add_argument('--epochs', type=int, default=d.epochs)
     p.add_argument('--batch-size', type=int, default=d.batch_size, help='views per step')
     p.add_argument('--lr', type=float, default=d.lr)
@@ -128,22 +161,33 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BootstrapArgs:
     p.add_argument('--skip-eval', action='store_true', help='do not evaluate after export')
     p.add_argument('--eval-weights', default='',
                    help='only evaluate this export on the eval split (no training)')
+    p.add_argument('--init-weights', default='',
+                   help='start the image tower from this export (fine-tune) instead of random')
     ns = p.parse_args(argv)
     args = BootstrapArgs(**{f.name: getattr(ns, f.name) for f in fields(BootstrapArgs)})
-    for name in ('points', 'variants', 'views', 'epochs', 'batch_size', 'min_eval_per_class'):
+    for name in ('points', 'variants', 'views', 'epochs', 'batch_size', 'min_eval_per_class',
+                 'partial_views', 'eval_points'):
         if getattr(args, name) < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     for name in ('warmup_steps', 'max_steps', 'limit_models', 'threads'):
         if getattr(args, name) < 0:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 0, got {getattr(args, name)}')
-    if not 0 <= args.partial_prob <= 1:
-        raise ValueError(f'--partial-prob must be in [0, 1], got {args.partial_prob}')
+    for name in ('partial_prob', 'clutter_prob', 'balance_power'):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ValueError(f'--{name.replace("_", "-")} must be in [0, 1], '
+                             f'got {getattr(args, name)}')
+    if not 0 <= args.holdout_frac < 1:
+        raise ValueError(f'--holdout-frac must be in [0, 1), got {args.holdout_frac}')
+    if args.time_budget_min < 0:
+        raise ValueError(f'--time-budget-min must be >= 0, got {args.time_budget_min}')
     if not args.lr > 0 or args.weight_decay < 0:
         raise ValueError(f'--lr must be > 0 and --weight-decay >= 0, got {args.lr}, '
                          f'{args.weight_decay}')
     if args.views > len(ProjectionConfig().view_angles_deg):
         raise ValueError(f'--views must be <= {len(ProjectionConfig().view_angles_deg)}, '
                          f'got {args.views}')
+    if args.init_weights and not Path(args.init_weights).is_file():
+        raise ValueError(f'--init-weights {args.init_weights!r} is not a file')
     if args.eval_weights and not Path(args.eval_weights).is_file():
         raise ValueError(f'--eval-weights {args.eval_weights!r} is not a file')
     if not args.output.endswith('.safetensors'):
@@ -198,15 +242,24 @@ def sample_split(split: str, args: BootstrapArgs) -> Dict[str, Any]:
     """
     Sample surface points of every loadable model of a split (cached).
 
+    Besides the surface samples, each model is seen by ``--partial-views`` (train; 1 for eval)
+    ray-cast robot depth cameras (:func:`training.robot_views.raycast_view` from
+    :func:`~training.robot_views.robot_viewpoint`, Kinect-like noise), each stored as
+    ``PARTIAL_POINTS`` points (resampled with repetition when fewer were hit).
+
     :param split: ``'train'`` or ``'eval'``.
     :param args: Run settings.
-    :return: ``{'points': (M, P, 3) float16 array (metres, z up, as loaded), 'keys': [...],
-        'rows': [ModelLabels]}`` in catalog order.
+    :return: ``{'points': (M, P, 3) float16 array (metres, z up, as loaded), 'partial':
+        (M, K, Q, 3) float16 ray-cast views in the same frame, 'eyes': (M, K, 3) float32 camera
+        positions, 'keys': [...], 'rows': [ModelLabels]}`` in catalog order.
     """
     from opendlign_core import sh3d
+    from training.robot_views import raycast_view, robot_viewpoint
 
     sh3d_cache = Path(args.sh3d_cache) if args.sh3d_cache else None
-    path = Path(args.cache_dir) / f'points_{split}_{args.points}_{args.limit_models}.npz'
+    nviews = args.partial_views if split == 'train' else 1
+    path = (Path(args.cache_dir) /
+            f'points_{split}_{args.points}_{args.limit_models}_rc{nviews}x{PARTIAL_POINTS}.npz')
     pairs = list(sh3d.iter_entries(split, cache_dir=sh3d_cache))
     if args.limit_models:
         pairs = pairs[:args.limit_models]
@@ -214,9 +267,10 @@ def sample_split(split: str, args: BootstrapArgs) -> Dict[str, Any]:
     if path.is_file():
         data = np.load(path, allow_pickle=False)
         keys = [str(k) for k in data['keys']]
-        return {'points': data['points'], 'keys': keys, 'rows': [rows[k] for k in keys]}
+        return {'points': data['points'], 'partial': data['partial'], 'eyes': data['eyes'],
+                'keys': keys, 'rows': [rows[k] for k in keys]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    pts, keys = [], []
+    pts, keys, partial, eyes = [], [], [], []
     t0 = time.time()
     for i, (entry, row) in enumerate(pairs):
         key = f'{row.source}#{row.id}'
@@ -229,12 +283,30 @@ def sample_split(split: str, args: BootstrapArgs) -> Dict[str, Any]:
         p, _ = __import__('trimesh').sample.sample_surface(mesh, args.points, seed=seed)
         pts.append(np.asarray(p, dtype=np.float16))
         keys.append(key)
+        rng = np.random.default_rng(_object_seed(args.seed, key, -1 if split == 'train' else -2))
+        views, cams = [], []
+        for _ in range(nviews):
+            hits, eye = np.zeros((0, 3), np.float32), np.zeros(3)
+            for _try in range(3):
+                eye = robot_viewpoint(mesh.vertices, rng)
+                hits = raycast_view(mesh.vertices, mesh.faces, eye, rng)
+                if len(hits) >= 64:
+                    break
+            if len(hits) < 64:  # a tiny or hollow model: fall back to its surface samples
+                hits = np.asarray(p, dtype=np.float32)
+            pick = rng.choice(len(hits), PARTIAL_POINTS, replace=len(hits) < PARTIAL_POINTS)
+            views.append(hits[pick].astype(np.float16))
+            cams.append(eye.astype(np.float32))
+        partial.append(np.stack(views))
+        eyes.append(np.stack(cams))
         if i % 50 == 0:
             _logger.info('sampled %s %d/%d (%.0f s)', split, i + 1, len(pairs), time.time() - t0)
     tmp = path.with_suffix('.part.npz')
-    np.savez(tmp, points=np.stack(pts), keys=np.array(keys))
+    np.savez(tmp, points=np.stack(pts), partial=np.stack(partial), eyes=np.stack(eyes),
+             keys=np.array(keys))
     os.replace(tmp, path)
-    return {'points': np.stack(pts), 'keys': keys, 'rows': [rows[k] for k in keys]}
+    return {'points': np.stack(pts), 'partial': np.stack(partial), 'eyes': np.stack(eyes),
+            'keys': keys, 'rows': [rows[k] for k in keys]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,22 +366,89 @@ def augment_points(points: np.ndarray, rng: np.random.Generator,
     return p.astype(np.float32)
 
 
+def _yaw(points: np.ndarray, yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return points @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=points.dtype).T
+
+
+def robot_variant(data: Dict[str, Any], i: int, rng: np.random.Generator,
+                  args: BootstrapArgs) -> np.ndarray:
+    """
+    Return one augmented training cloud of object ``i`` as the node would segment it.
+
+    With probability ``partial_prob`` (and when ``data`` has ray-cast views) one of the object's
+    ray-cast partial views, else its full surface (:func:`augment_points` without its
+    hidden-point scan); then segmentation errors (:func:`training.robot_views.add_clutter`,
+    the neighbour taken from a random other model; half as likely for full surfaces), a random
+    yaw, scale jitter 0.9-1.1 per axis and random subsampling (keep 512..N points).
+
+    :param data: Output of :func:`sample_split`.
+    :param i: Object index.
+    :param rng: Random generator.
+    :param args: Run settings.
+    :return: (N, 3) float32 cloud.
+    """
+    from training.robot_views import add_clutter, robot_viewpoint
+
+    m = len(data['keys'])
+    other = data['points'][int(rng.integers(m))].astype(np.float32) if m > 1 else None
+    if 'partial' in data and rng.uniform() < args.partial_prob:
+        j = int(rng.integers(data['partial'].shape[1]))
+        pts = data['partial'][i, j].astype(np.float32)
+        eye = data['eyes'][i, j].astype(np.float64)
+        pts = add_clutter(pts, eye, rng, other=other, prob=args.clutter_prob)
+        pts = _yaw(pts, rng.uniform(0, 2 * np.pi)) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    else:
+        pts = augment_points(data['points'][i].astype(np.float32), rng, 0.0)
+        eye = robot_viewpoint(pts, rng)
+        pts = add_clutter(pts, eye, rng, other=other, prob=args.clutter_prob / 2)
+    keep = int(rng.integers(min(512, len(pts)), len(pts) + 1))
+    return pts[rng.permutation(len(pts))[:keep]].astype(np.float32)
+
+
+def eval_cloud(data: Dict[str, Any], i: int, rng: np.random.Generator, mode: str,
+               count: int) -> np.ndarray:
+    """
+    Return the evaluation cloud of object ``i``: ``count`` points under a random yaw.
+
+    :param data: Output of :func:`sample_split` (or a subset of it).
+    :param i: Object index.
+    :param rng: Random generator (seeded per object).
+    :param mode: ``'full'`` (surface samples) or ``'partial'`` (its first ray-cast view, noisy,
+        as one depth camera sees it; no clutter).
+    :param count: Points to keep (all when fewer).
+    :return: (N, 3) float32 cloud.
+    :raises ValueError: On an unknown ``mode``.
+    """
+    if mode == 'full':
+        pts = data['points'][i].astype(np.float32)
+    elif mode == 'partial':
+        pts = data['partial'][i, 0].astype(np.float32)
+    else:
+        raise ValueError(f"mode must be 'full' or 'partial', got {mode!r}")
+    yaw = rng.uniform(0, 2 * np.pi)
+    pts = pts[rng.permutation(len(pts))[:count]]
+    return _yaw(pts, yaw).astype(np.float32)
+
+
 def _object_seed(seed: int, key: str, variant: int) -> int:
     return int(hashlib.sha256(f'{seed}:{key}:{variant}'.encode()).hexdigest()[:8], 16)
 
 
 def render_views(split: str, data: Dict[str, Any], args: BootstrapArgs,
-                 proj: ProjectionConfig) -> np.ndarray:
+                 proj: ProjectionConfig, mode: str = 'full') -> np.ndarray:
     """
     Render (cached) uint8 depth views of a split.
 
-    Train: ``(M, variants, V, R, R)`` of augmented clouds. Eval: ``(M, 1, V, R, R)`` of the clean
-    cloud under a seeded random rotation about z (orientation is unknown to a robot).
+    Train: ``(M, variants, V, R, R)`` of :func:`robot_variant` clouds. Any other split name
+    (``'eval'``, ``'holdout'``): ``(M, 1, V, R, R)`` of :func:`eval_cloud` in ``mode`` with
+    ``--eval-points`` points.
 
-    :param split: ``'train'`` or ``'eval'``.
+    :param split: ``'train'``, ``'eval'`` or ``'holdout'``.
     :param data: Output of :func:`sample_split`.
     :param args: Run settings.
     :param proj: Projection settings.
+    :param mode: Evaluation cloud, ``'full'`` or ``'partial'`` (ignored for train).
     :return: The views as a read-only memmap, ``round(255 * depth)``.
     """
     from numpy.lib.format import open_memmap
@@ -317,7 +456,9 @@ def render_views(split: str, data: Dict[str, Any], args: BootstrapArgs,
     from opendlign_core.projection import project_depth_views
 
     variants = args.variants if split == 'train' else 1
-    tag = _sha(json.dumps([asdict(proj), data['keys'], variants, args.seed, args.partial_prob]))
+    setting = ([args.partial_prob, args.clutter_prob, 'partial' in data] if split == 'train'
+               else [mode, args.eval_points])
+    tag = _sha(json.dumps([asdict(proj), data['keys'], variants, args.seed, setting]))
     path = Path(args.cache_dir) / f'views_{split}_{tag}.npy'
     if path.is_file():
         return np.load(path, mmap_mode='r')
@@ -333,14 +474,10 @@ def render_views(split: str, data: Dict[str, Any], args: BootstrapArgs,
         clouds = []
         for i, k in batch:
             rng = np.random.default_rng(_object_seed(args.seed, data['keys'][i], k))
-            pts = data['points'][i].astype(np.float32)
             if split == 'train':
-                clouds.append(augment_points(pts, rng, args.partial_prob))
+                clouds.append(robot_variant(data, i, rng, args))
             else:
-                yaw = rng.uniform(0, 2 * np.pi)
-                c, s = np.cos(yaw), np.sin(yaw)
-                clouds.append(pts @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]],
-                                             dtype=np.float32).T)
+                clouds.append(eval_cloud(data, i, rng, mode, args.eval_points))
         views = project_depth_views(clouds, proj)
         views = torch.round(views.clamp(0, 1) * 255).to(torch.uint8).numpy()
         for (i, k), vw in zip(batch, views):
@@ -388,6 +525,54 @@ def text_bank(model: DepthCLIP, texts: Sequence[str], templates: str, cache: Pat
     return bank
 
 
+def merge_synonyms(bank: torch.Tensor, names: Sequence[str],
+                   groups: Sequence[Sequence[str]]) -> torch.Tensor:
+    """
+    Ensemble prompts over synonyms: each group's embedding is the renormalised mean of its names'.
+
+    The same merge as :meth:`opendlign_core.detection.Detector.encode_labels`.
+
+    :param bank: (N, D) L2-normalised embeddings of ``names``.
+    :param names: The embedded names.
+    :param groups: Name groups; every name must be in ``names``.
+    :return: (G, D) float32 L2-normalised group embeddings.
+    :raises ValueError: If a group is empty or names an unknown text.
+    """
+    row = {n: i for i, n in enumerate(names)}
+    out = []
+    for g in groups:
+        missing = [n for n in g if n not in row]
+        if not g or missing:
+            raise ValueError(f'groups must be non-empty and embedded, got {list(g)!r} '
+                             f'(missing {missing!r})')
+        out.append(F.normalize(bank[[row[n] for n in g]].float().mean(dim=0), dim=-1))
+    return torch.stack(out)
+
+
+def synonym_text_bank(model: DepthCLIP, texts: Sequence[str], templates: str, cache: Path,
+                      template_stride: int = 1, synonyms: bool = True) -> torch.Tensor:
+    """
+    Embed label texts, each ensembled over its synonyms.
+
+    Synonyms come from :func:`training.robot_views.synonym_groups`.
+
+    :param model: The model.
+    :param texts: Label texts.
+    :param templates: Template set name.
+    :param cache: Cache folder.
+    :param template_stride: Use every n-th template.
+    :param synonyms: False embeds each text alone (:func:`text_bank`).
+    :return: (T, D) float32 L2-normalised.
+    """
+    from training.robot_views import synonym_groups
+
+    table = synonym_groups() if synonyms else {}
+    groups = [table.get(t, (t,)) for t in texts]
+    names = list(dict.fromkeys(n for g in groups for n in g))
+    bank = text_bank(model, names, templates, cache, template_stride)
+    return merge_synonyms(bank, names, groups)
+
+
 def _views_to_input(views_u8: torch.Tensor, model: DepthCLIP) -> torch.Tensor:
     x = views_u8.float().div_(255.0)[:, None].expand(-1, 3, -1, -1)
     mean = torch.tensor(model.mean).view(1, 3, 1, 1)
@@ -395,10 +580,10 @@ def _views_to_input(views_u8: torch.Tensor, model: DepthCLIP) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+def _lr_at(step: int, total: int, warmup: int, base: float, time_frac: float = 0.0) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
+    t = max((step - warmup) / max(1, total - warmup), time_frac)
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
@@ -415,9 +600,14 @@ def total_steps(args: BootstrapArgs, num_views: int) -> int:
 
 
 def train(model: DepthCLIP, views: np.ndarray, targets: torch.Tensor, bank: torch.Tensor,
-          args: BootstrapArgs, out: Path) -> Dict[str, Any]:
+          args: BootstrapArgs, out: Path, weights: Optional[np.ndarray] = None
+          ) -> Dict[str, Any]:
     """
     Train the image tower (and ``logit_scale``) against fixed text targets.
+
+    Each batch draws objects with probability ``weights`` (class-balanced; 0 leaves an object
+    out), then a random variant and view of each. With ``--time-budget-min`` the cosine schedule
+    ends at whichever comes first, the step count or the time budget (measured in this session).
 
     :param model: Model with the frozen text tower; the image tower trains in place.
     :param views: (M, K, V, R, R) uint8 training views.
@@ -425,9 +615,13 @@ def train(model: DepthCLIP, views: np.ndarray, targets: torch.Tensor, bank: torc
     :param bank: (T, D) normalised text embeddings.
     :param args: Run settings.
     :param out: Run folder (``train_log.jsonl``, ``train_state.pt``).
+    :param weights: (M,) object sampling probabilities; None = uniform.
     :return: Summary (steps, seconds, final loss and accuracy).
     """
     m, k, v = views.shape[:3]
+    probs = torch.as_tensor(np.full(m, 1.0 / m) if weights is None else weights,
+                            dtype=torch.float64)
+    budget_s = args.time_budget_min * 60.0
     n = m * k * v
     steps = total_steps(args, n)
     visual = model.clip.visual
@@ -447,11 +641,15 @@ def train(model: DepthCLIP, views: np.ndarray, targets: torch.Tensor, bank: torc
         step = int(state['step'])
         _logger.info('resumed bootstrap training at step %d/%d', step, steps)
     gen = torch.Generator().manual_seed(args.seed)
-    perm, pos = None, 0
+
+    def draw() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        obj = torch.multinomial(probs, args.batch_size, replacement=True, generator=gen)
+        var = torch.randint(0, k, (args.batch_size,), generator=gen)
+        view = torch.randint(0, v, (args.batch_size,), generator=gen)
+        return obj, var, view, torch.rand(args.batch_size, generator=gen) < 0.5
+
     for _ in range(step):  # replay the sampler to the resumed position
-        if perm is None or pos + args.batch_size > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        pos += args.batch_size
+        draw()
     visual.train()
     log = open(out / 'train_log.jsonl', 'a')
     t0 = time.time()
@@ -459,18 +657,17 @@ def train(model: DepthCLIP, views: np.ndarray, targets: torch.Tensor, bank: torc
     loss_sum = 0.0
     try:
         while step < steps:
-            if perm is None or pos + args.batch_size > n:
-                perm, pos = torch.randperm(n, generator=gen), 0
-            idx = perm[pos:pos + args.batch_size]
-            pos += args.batch_size
-            obj, rest = idx // (k * v), idx % (k * v)
-            var, view = rest // v, rest % v
+            obj, var, view, flip = draw()
+            idx = obj
             batch = torch.from_numpy(np.stack([views[o, a, b] for o, a, b in
                                                zip(obj.tolist(), var.tolist(), view.tolist())]))
-            flip = torch.rand(len(idx), generator=gen) < 0.5
             batch[flip] = batch[flip].flip(-1)
+            time_frac = (time.time() - t0) / budget_s if budget_s else 0.0
+            if time_frac >= 1.0:
+                _logger.info('time budget reached at step %d/%d', step, steps)
+                break
             for group in opt.param_groups:
-                group['lr'] = _lr_at(step, steps, args.warmup_steps, args.lr)
+                group['lr'] = _lr_at(step, steps, args.warmup_steps, args.lr, time_frac)
             feats = F.normalize(visual(_views_to_input(batch, model)), dim=-1)
             scale = model.clip.logit_scale.exp().clamp(max=100.0)
             logits = scale * feats @ bank.T
@@ -493,16 +690,22 @@ def train(model: DepthCLIP, views: np.ndarray, targets: torch.Tensor, bank: torc
                 log.flush()
                 hit = seen = 0
                 loss_sum = 0.0
-            if step % 200 == 0 or step == steps:
+            if step % 100 == 0 or step == steps:
                 tmp = state_path.with_suffix('.tmp')
                 torch.save({'visual': visual.state_dict(), 'logit_scale': model.clip.logit_scale
                             .detach().clone(), 'optimizer': opt.state_dict(), 'step': step}, tmp)
                 os.replace(tmp, state_path)
     finally:
         log.close()
+    tmp = state_path.with_suffix('.tmp')
+    torch.save({'visual': visual.state_dict(), 'logit_scale': model.clip.logit_scale
+                .detach().clone(), 'optimizer': opt.state_dict(), 'step': step}, tmp)
+    os.replace(tmp, state_path)
     visual.eval()
     model.requires_grad_(False)
-    return {'steps': steps, 'train_seconds_this_session': round(time.time() - t0, 1)}
+    return {'steps': step, 'planned_steps': steps,
+            'train_seconds_this_session': round(time.time() - t0, 1),
+            'logit_scale': float(model.clip.logit_scale.exp())}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,9 +727,9 @@ def eval_classes(rows: Sequence[Any], min_count: int) -> List[str]:
 
 
 def evaluate(model: DepthCLIP, views: np.ndarray, rows: Sequence[Any], classes: Sequence[str],
-             proj: ProjectionConfig, templates: str) -> Dict[str, Any]:
+             proj: ProjectionConfig, templates: str, synonyms: bool = False) -> Dict[str, Any]:
     """
-    Zero-shot Top-1/Top-5 over ``classes`` with the product classifier.
+    Zero-shot Top-1/Top-5 and mean class accuracy over ``classes`` with the product classifier.
 
     :param model: The model.
     :param views: (M, 1, V, R, R) uint8 views, rows aligned with ``rows``.
@@ -534,13 +737,25 @@ def evaluate(model: DepthCLIP, views: np.ndarray, rows: Sequence[Any], classes: 
     :param classes: Label texts (objects of other classes are skipped).
     :param proj: Projection settings.
     :param templates: Template set.
-    :return: ``{'top1', 'top5', 'count', 'classes', 'per_class'}``.
+    :param synonyms: Ensemble each class's prompts over its synonyms
+        (:func:`training.robot_views.synonym_groups`), as the detector does.
+    :return: ``{'top1', 'top5', 'mean_class_acc', 'count', 'classes', 'per_class'}``.
     """
-    from opendlign_core.classifier import Classifier
+    from opendlign_core.classifier import Classifier, LabelSet
+    from training.robot_views import synonym_groups
 
     clf = Classifier(model, OpenDlignConfig(projection=proj, classifier=ClassifierConfig(
         templates=templates, top_k=min(5, len(classes)), batch_size=16)))
-    label_set = clf.encode_labels(classes)
+    if synonyms:
+        table = synonym_groups()
+        groups = [table.get(c, (c,)) for c in classes]
+        names = list(dict.fromkeys(n for g in groups for n in g))
+        base = clf.encode_labels(names)
+        label_set = LabelSet(labels=tuple(classes), templates=base.templates,
+                             weights=merge_synonyms(base.weights, base.labels, groups)
+                             .to(base.weights.dtype))
+    else:
+        label_set = clf.encode_labels(classes)
     idx = [i for i, r in enumerate(rows) if r.modelnet40.replace('_', ' ') in classes]
     truth = [rows[i].modelnet40.replace('_', ' ') for i in idx]
     x = torch.from_numpy(np.stack([views[i, 0] for i in idx])).float() / 255.0
@@ -552,9 +767,75 @@ def evaluate(model: DepthCLIP, views: np.ndarray, rows: Sequence[Any], classes: 
         top1 += ok
         top5 += t in [lab for lab, _ in p.top_k]
         per.setdefault(t, []).append(int(ok))
-    return {'top1': top1 / len(idx), 'top5': top5 / len(idx), 'count': len(idx),
-            'classes': list(classes),
+    return {'top1': top1 / len(idx), 'top5': top5 / len(idx),
+            'mean_class_acc': float(np.mean([np.mean(v) for v in per.values()])),
+            'count': len(idx), 'classes': list(classes), 'synonyms': synonyms,
             'per_class': {c: [sum(v), len(v)] for c, v in sorted(per.items())}}
+
+
+def _subset(data: Dict[str, Any], keep: Sequence[int]) -> Dict[str, Any]:
+    out = {'keys': [data['keys'][i] for i in keep], 'rows': [data['rows'][i] for i in keep]}
+    for name in ('points', 'partial', 'eyes'):
+        if name in data:
+            out[name] = data[name][list(keep)]
+    return out
+
+
+def eval_subset(data: Dict[str, Any], classes: Sequence[str]) -> Dict[str, Any]:
+    """
+    Return the objects of ``data`` whose ModelNet40 class is one of ``classes``.
+
+    :param data: Output of :func:`sample_split`.
+    :param classes: Label texts.
+    :return: The same structure restricted to those objects.
+    """
+    return _subset(data, [i for i, r in enumerate(data['rows'])
+                          if r.modelnet40.replace('_', ' ') in classes])
+
+
+def holdout_mask(keys: Sequence[str], frac: float) -> np.ndarray:
+    """
+    Pick the train-split models held out of training (validation), by a hash of their key.
+
+    :param keys: Model keys (``catalog#id``).
+    :param frac: Fraction in [0, 1) to hold out.
+    :return: (M,) bool, True = held out.
+    """
+    return np.array([int(hashlib.sha256(f'holdout:{k}'.encode()).hexdigest()[:8], 16)
+                     < frac * 2 ** 32 for k in keys], dtype=bool)
+
+
+def evaluate_modes(model: DepthCLIP, split: str, data: Dict[str, Any], classes: Sequence[str],
+                   args: BootstrapArgs, proj: ProjectionConfig, templates: str
+                   ) -> Dict[str, Any]:
+    """
+    Evaluate full surfaces and single partial views, each with and without synonym prompts.
+
+    :param model: The model.
+    :param split: Cache name of the objects (``'eval'``, ``'holdout'``).
+    :param data: Objects (restricted to ``classes``).
+    :param classes: Label texts.
+    :param args: Run settings (``eval_points``).
+    :param proj: Projection settings.
+    :param templates: Template set.
+    :return: ``{'full': ..., 'partial': ..., 'full_synonyms': ..., 'partial_synonyms': ...}``
+        (``partial*`` only when ``data`` has ray-cast views).
+    """
+    res: Dict[str, Any] = {}
+    for mode in ('full', 'partial'):
+        if mode == 'partial' and 'partial' not in data:
+            continue
+        views = render_views(split, data, args, proj, mode=mode)
+        res[mode] = evaluate(model, views, data['rows'], classes, proj, templates)
+        res[f'{mode}_synonyms'] = evaluate(model, views, data['rows'], classes, proj, templates,
+                                           synonyms=True)
+    return res
+
+
+def _summary(res: Dict[str, Any]) -> str:
+    return ', '.join(f"{k} top1 {v['top1']:.3f} top5 {v['top5']:.3f} mca "
+                     f"{v['mean_class_acc']:.3f}" for k, v in res.items() if isinstance(v, dict)
+                     and 'top1' in v)
 
 
 def export_model(model: DepthCLIP, path: Path, extra: Dict[str, Any]) -> Tuple[Path, Path]:
@@ -581,7 +862,9 @@ def evaluate_export(args: BootstrapArgs) -> int:
     """
     Evaluate an exported model on the eval split and print the result as JSON.
 
-    The projection comes from the export's manifest; views are rendered as in training.
+    The projection comes from the export's manifest; views are rendered as in training: full
+    surfaces and single ray-cast partial views, ``--eval-points`` points each, with and without
+    synonym prompts (see :func:`evaluate_modes`).
 
     :param args: Settings; ``eval_weights`` names the export.
     :return: Process exit status.
@@ -592,13 +875,11 @@ def evaluate_export(args: BootstrapArgs) -> int:
                                for k, v in model.manifest['projection'].items()})
     eval_data = sample_split('eval', args)
     classes = eval_classes(eval_data['rows'], args.min_eval_per_class)
-    keep = [i for i, r in enumerate(eval_data['rows'])
-            if r.modelnet40.replace('_', ' ') in classes]
-    subset = {'points': eval_data['points'][keep], 'keys': [eval_data['keys'][i] for i in keep],
-              'rows': [eval_data['rows'][i] for i in keep]}
-    views = render_views('eval', subset, args, proj)
+    subset = eval_subset(eval_data, classes)
     templates = model.manifest.get('classifier', {}).get('templates', args.templates)
-    res = evaluate(model, views, subset['rows'], classes, proj, templates)
+    res = evaluate_modes(model, 'eval', subset, classes, args, proj, templates)
+    res['weights'] = path
+    res['eval_points'] = args.eval_points
     print(json.dumps(res, indent=2))
     return 0
 
@@ -610,6 +891,8 @@ def main(args: BootstrapArgs) -> int:
     :param args: Settings from :func:`parse_args`.
     :return: Process exit status.
     """
+    from training.robot_views import balanced_weights
+
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     logging.getLogger('trimesh').setLevel(logging.WARNING)
     if args.threads:
@@ -628,27 +911,43 @@ def main(args: BootstrapArgs) -> int:
     # From scratch: random image tower, pretrained (frozen) text tower.
     model = create_depth_clip(ModelConfig(model_name=args.model_name, weights_path=''),
                               depth_branch=False, load_text_weights=True)
+    if args.init_weights:
+        init = create_depth_clip(ModelConfig(weights_path=args.init_weights))
+        model.clip.visual.load_state_dict(init.clip.visual.state_dict())
+        model.clip.logit_scale.data.copy_(init.clip.logit_scale.data)
+        _logger.info('image tower initialised from %s', args.init_weights)
+        del init
     proj = projection_config(args, model.image_size)
     train_views = render_views('train', train_data, args, proj)
+    held = holdout_mask(train_data['keys'], args.holdout_frac)
+    if held.all():
+        raise ValueError(f'--holdout-frac {args.holdout_frac} leaves no model to train on')
+    fit_rows = [r for r, h in zip(train_data['rows'], held) if not h]
     classes = eval_classes(eval_data['rows'], args.min_eval_per_class)
-    keep = [i for i, r in enumerate(eval_data['rows'])
-            if r.modelnet40.replace('_', ' ') in classes]
-    eval_subset = {'points': eval_data['points'][keep],
-                   'keys': [eval_data['keys'][i] for i in keep],
-                   'rows': [eval_data['rows'][i] for i in keep]}
-    eval_views = render_views('eval', eval_subset, args, proj)
+    eval_sub = eval_subset(eval_data, classes)
+    hold_data = _subset(train_data, np.flatnonzero(held).tolist())
+    hold_classes = sorted({r.modelnet40.replace('_', ' ') for r in hold_data['rows']}
+                          & set(classes))
+    hold_data = eval_subset(hold_data, hold_classes)
     if args.stage == 'render':
         return 0
 
-    texts = sorted({t for r in train_data['rows'] for t in object_texts(r)})
-    bank = text_bank(model, texts, args.templates, cache, template_stride=5)
+    texts = sorted({t for r in fit_rows for t in object_texts(r)})
+    bank = synonym_text_bank(model, texts, args.templates, cache, template_stride=5,
+                             synonyms=not args.no_synonyms)
     index = {t: j for j, t in enumerate(texts)}
     targets = torch.zeros(len(train_data['rows']), len(texts))
-    for i, r in enumerate(train_data['rows']):
+    for i, (r, h) in enumerate(zip(train_data['rows'], held)):
+        if h:
+            continue
         ts = object_texts(r)
         for t in ts:
             targets[i, index[t]] = 1.0 / len(ts)
-    summary = train(model, train_views, targets, bank, args, out)
+    # class balance over each object's first text (ModelNet40 class, else ScanNet class, ...)
+    weights = np.zeros(len(held))
+    weights[~held] = balanced_weights([object_texts(r)[0] for r in fit_rows],
+                                      args.balance_power)
+    summary = train(model, train_views, targets, bank, args, out, weights=weights)
     if args.stage == 'train':
         return 0
 
@@ -658,10 +957,11 @@ def main(args: BootstrapArgs) -> int:
         'data': {
             'source': 'Sweet Home 3D furniture catalogs (Debian sweethome3d-furniture 1.8-1, '
                       'sweethome3d 7.0.2+dfsg-3), split=train only',
-            'train_models': len(train_data['keys']),
-            'train_model_ids_sha256': hashlib.sha256(
-                '\n'.join(train_data['keys']).encode()).hexdigest(),
-            'catalogs': sorted({r.source for r in train_data['rows']}),
+            'train_models': int((~held).sum()),
+            'holdout_models': int(held.sum()),
+            'train_model_ids_sha256': hashlib.sha256('\n'.join(
+                k for k, h in zip(train_data['keys'], held) if not h).encode()).hexdigest(),
+            'catalogs': sorted({r.source for r in fit_rows}),
             'texts': len(texts),
         },
         'seed': args.seed,
@@ -672,17 +972,28 @@ def main(args: BootstrapArgs) -> int:
     }
     extra = {'projection': asdict(proj), 'classifier': {'templates': args.templates},
              'training': provenance}
-    weights, manifest = export_model(model, Path(args.output), extra)
-    _logger.info('exported %s (%.1f MB)', weights, weights.stat().st_size / 1e6)
+    weights_path, manifest = export_model(model, Path(args.output), extra)
+    _logger.info('exported %s (%.1f MB)', weights_path, weights_path.stat().st_size / 1e6)
+    (out / 'train-models.txt').write_text(''.join(
+        f'{k}\n' for k, h in zip(train_data['keys'], held) if not h))
+    (out / 'holdout-models.txt').write_text(''.join(
+        f'{k}\n' for k, h in zip(train_data['keys'], held) if h))
     if not args.skip_eval:
-        res = evaluate(model, eval_views, eval_subset['rows'], classes, proj, args.templates)
-        res['train_split'] = evaluate(
-            model, train_views[:, :1], train_data['rows'],
-            [c for c in classes if any(r.modelnet40.replace('_', ' ') == c
-                                       for r in train_data['rows'])], proj, args.templates)
+        res: Dict[str, Any] = {'eval': evaluate_modes(model, 'eval', eval_sub, classes, args,
+                                                      proj, args.templates)}
+        _logger.info('eval split: %s', _summary(res['eval']))
+        if hold_data['keys']:
+            res['holdout'] = evaluate_modes(model, 'holdout', hold_data, hold_classes, args,
+                                            proj, args.templates)
+            _logger.info('train-split holdout: %s', _summary(res['holdout']))
+        fit_idx = np.flatnonzero(~held)
+        fit_classes = [c for c in classes if any(r.modelnet40.replace('_', ' ') == c
+                                                 for r in fit_rows)]
+        res['train_split'] = evaluate(model, train_views[fit_idx, :1], fit_rows, fit_classes,
+                                      proj, args.templates)
+        _logger.info('train split (trained objects, one augmented render): %s',
+                     _summary({'train': res['train_split']}))
         (out / 'eval.json').write_text(json.dumps(res, indent=2) + '\n')
-        _logger.info('eval split: top1 %.3f top5 %.3f over %d objects, %d classes', res['top1'],
-                     res['top5'], res['count'], len(classes))
     return 0
 
 

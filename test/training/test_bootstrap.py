@@ -41,8 +41,13 @@ def synthetic(monkeypatch):
             kind, name, mn40 = kinds[i % 3]
             rows.append(_row(i + (100 if split == 'eval' else 0), name, mn40))
             pts.append(_shape(kind, rng))
-        return {'points': np.stack(pts), 'keys': [f'{r.source}#{r.id}' for r in rows],
-                'rows': rows}
+        pts = np.stack(pts)
+        # stand-in "ray-cast" views: the half of each shape facing +x, camera at (3, 0, 1)
+        partial = np.stack([np.stack([p[np.argsort(-p[:, 0].astype(np.float32))[:512]]] * 2)
+                            for p in pts])
+        eyes = np.broadcast_to(np.array([3.0, 0.0, 1.0], np.float32), (len(pts), 2, 3)).copy()
+        return {'points': pts, 'partial': partial, 'eyes': eyes,
+                'keys': [f'{r.source}#{r.id}' for r in rows], 'rows': rows}
 
     monkeypatch.setattr(bs, 'sample_split', fake_sample)
 
@@ -81,7 +86,12 @@ def test_bootstrap_smoke_two_steps(tmp_path, synthetic, capsys):
     assert manifest['training']['seed'] == 42 and not manifest['has_depth_branch']
     assert out.stat().st_size < 25e6
     res = json.loads((tmp_path / 'run' / 'eval.json').read_text())
-    assert res['count'] == 6 and 0 <= res['top1'] <= res['top5'] <= 1
+    for mode in ('full', 'partial', 'full_synonyms', 'partial_synonyms'):
+        r = res['eval'][mode]
+        assert r['count'] == 6 and 0 <= r['top1'] <= r['top5'] <= 1, mode
+        assert 0 <= r['mean_class_acc'] <= 1
+    assert manifest['training']['data']['train_models'] + manifest['training']['data'][
+        'holdout_models'] == 6
     # the export holds no text-tower tensors and reloads with the packaged tower
     model = create_depth_clip(ModelConfig(weights_path=str(out)))
     state = torch.load(tmp_path / 'run' / 'train_state.pt', weights_only=False)
@@ -91,7 +101,9 @@ def test_bootstrap_smoke_two_steps(tmp_path, synthetic, capsys):
     again = bs.parse_args(['--eval-weights', str(out), '--cache-dir', str(tmp_path / 'cache'),
                            '--views', '2', '--min-eval-per-class', '1'])
     assert bs.main(again) == 0
-    assert json.loads(capsys.readouterr().out)['top1'] == res['top1']
+    printed = json.loads(capsys.readouterr().out)
+    assert printed['full']['top1'] == res['eval']['full']['top1']
+    assert printed['partial']['top1'] == res['eval']['partial']['top1']
 
 
 def test_parse_args_validation():
@@ -101,3 +113,23 @@ def test_parse_args_validation():
         bs.parse_args(['--partial-prob', '2'])
     with pytest.raises(ValueError, match='.safetensors'):
         bs.parse_args(['--output', 'x.pt'])
+    with pytest.raises(ValueError, match='--init-weights'):
+        bs.parse_args(['--init-weights', '/nonexistent.safetensors'])
+    with pytest.raises(ValueError, match='--clutter-prob'):
+        bs.parse_args(['--clutter-prob', '-0.1'])
+    with pytest.raises(ValueError, match='--holdout-frac'):
+        bs.parse_args(['--holdout-frac', '1'])
+    with pytest.raises(ValueError, match='--eval-points'):
+        bs.parse_args(['--eval-points', '0'])
+
+
+def test_holdout_mask_and_merge_synonyms():
+    keys = [f'Cat#{i}' for i in range(1000)]
+    held = bs.holdout_mask(keys, 0.1)
+    assert 70 < held.sum() < 130 and not bs.holdout_mask(keys, 0.0).any()
+    assert np.array_equal(held, bs.holdout_mask(keys, 0.1))
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    out = bs.merge_synonyms(bank, ['a', 'b', 'c'], [('a', 'b'), ('c',)])
+    torch.testing.assert_close(out, torch.tensor([[0.5 ** 0.5, 0.5 ** 0.5], [-1.0, 0.0]]))
+    with pytest.raises(ValueError, match='missing'):
+        bs.merge_synonyms(bank, ['a', 'b', 'c'], [('a', 'z')])
