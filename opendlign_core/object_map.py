@@ -571,6 +571,28 @@ class ObjectMap:
         with self._lock:
             return self._update(obs, clouds, stamp, view)
 
+    def update_from_frame(self, result, points_map: np.ndarray, map_from_sensor: np.ndarray,
+                          stamp: float) -> MapUpdate:
+        """
+        Fuse one frame's detections: observations, the sensor's view and :meth:`update` at once.
+
+        The one call a ROS node makes per processed cloud.
+
+        :param result: The :class:`~opendlign_core.detection.DetectionResult` of
+            ``Detector.detect`` on ``points_map``.
+        :param points_map: (N, 3) the frame's points in the map frame (+z up), metres.
+        :param map_from_sensor: (4, 4) pose of the sensor in the map frame (its translation is
+            the origin of the frame's range image).
+        :param stamp: Frame time, seconds.
+        :return: Matched, created, removed and merged ids.
+        :raises ValueError: On a bad shape, pose or stamp.
+        """
+        pose = np.asarray(map_from_sensor, dtype=np.float64)
+        if pose.shape != (4, 4):
+            raise ValueError(f'map_from_sensor must be a (4, 4) matrix, got shape {pose.shape}')
+        view = SensorView.from_cloud(points_map, pose[:3, 3], pose)
+        return self.update(observations_from_result(result, points_map), stamp, view)
+
     def _update(self, obs: list[Observation], clouds: list[np.ndarray], stamp: float,
                 view: Optional[SensorView]) -> MapUpdate:
         cfg = self.config

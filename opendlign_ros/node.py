@@ -370,8 +370,6 @@ class DetectorNode(Node):
 
     def _update_map(self, result: Any, points: np.ndarray, sensor_pose: np.ndarray,
                     header: Header) -> int:
-        from opendlign_core.object_map import SensorView, observations_from_result
-
         if self._map_frame != header.frame_id:
             if self._map_frame:
                 self.get_logger().warning(
@@ -386,9 +384,8 @@ class DetectorNode(Node):
         if self._zup_from_frame is not None:
             points_map = transform_points(points, self._zup_from_frame)
             map_from_sensor = self._zup_from_frame @ sensor_pose
-        view = SensorView.from_cloud(points_map, map_from_sensor[:3, 3], map_from_sensor)
-        stamp = tf_listener.stamp_ns(header.stamp) * 1e-9
-        self._object_map.update(observations_from_result(result, points_map), stamp, view)
+        self._object_map.update_from_frame(result, points_map, map_from_sensor,
+                                           tf_listener.stamp_ns(header.stamp) * 1e-9)
         return self._publish_objects(header)
 
     def _publish_objects(self, header: Header) -> int:

@@ -376,3 +376,23 @@ def test_scores_fusion_averages_per_observation_predictions():
     assert obj.label == 'b'
     assert obj.score == pytest.approx(0.6) and obj.probability == pytest.approx(0.6)
     assert obj.top_k == (('b', pytest.approx(0.6)), ('a', pytest.approx(1.6 / 3)))
+
+
+def test_update_from_frame_is_observations_view_and_update_in_one_call():
+    from opendlign_core.detection import Detection, DetectionResult
+
+    box_pts = np.concatenate(list(_cuboid_faces([2.0, -0.2, 0.0], [2.4, 0.2, 0.5]).values()))
+    frame = np.concatenate([box_pts, _wall(4.0)])
+    feats = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    det = Detection('a', 0.9, fit_aabb(box_pts), np.arange(len(box_pts)), (('a', 0.9),), 0.9,
+                    view_features=feats)
+    result = DetectionResult((det,))
+    pose = np.eye(4)
+    one, two = ObjectMap(StubScorer(), LABELS), ObjectMap(StubScorer(), LABELS)
+    got = one.update_from_frame(result, frame, pose, 1.0)
+    want = two.update(observations_from_result(result, frame), 1.0,
+                      SensorView.from_cloud(frame, np.zeros(3), pose))
+    assert got.created == want.created == ('obj_1',)
+    assert [o.box for o in one.objects(False)] == [o.box for o in two.objects(False)]
+    with pytest.raises(ValueError, match=r'map_from_sensor must be a \(4, 4\) matrix'):
+        one.update_from_frame(result, frame, np.eye(3), 2.0)
