@@ -132,21 +132,10 @@ def test_score_replay_reports_per_frame_and_object_map_ap(tmp_path):
         ['1.000000000']
 
 
-def _node_has_target_frame():
-    from dataclasses import fields
-
-    from opendlign_ros import params
-
-    return any(f.name == 'target_frame' for f in fields(params.ShellSettings))
-
-
 def test_bag_eval_frames_bag_through_the_node_with_target_frame(tmp_path):
     # The robot flow end to end: a frames bag (camera-frame clouds, /tf, latched /tf_static,
     # ground truth in map, plus a vendor topic of a type not installed here) replayed into a
     # real node process with target_frame: map.
-    pytest.importorskip('tf2_msgs.msg', reason='needs tf2_msgs (scripts/build_vision_msgs.sh)')
-    if not _node_has_target_frame():
-        pytest.skip('the node has no target_frame parameter (contract D) yet')
     import numpy as np
     from rosbags.typesys import get_types_from_msg
     from test_bag_frames import _write_scene
@@ -191,9 +180,6 @@ def test_bag_eval_frames_bag_through_the_node_with_target_frame(tmp_path):
 def test_bag_eval_counts_clouds_without_a_transform(tmp_path):
     # /tf ends at the first cloud: the second cloud (1.2 s) has no transform to map, the node
     # drops it (no_transform) and the lock-step replay moves on instead of waiting for it.
-    pytest.importorskip('tf2_msgs.msg', reason='needs tf2_msgs (scripts/build_vision_msgs.sh)')
-    if not _node_has_target_frame():
-        pytest.skip('the node has no target_frame parameter (contract D) yet')
     from test_bag_frames import _write_scene
 
     from opendlign_ros import bag

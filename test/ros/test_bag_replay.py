@@ -141,8 +141,8 @@ def test_played_latched_topic_reaches_a_late_subscriber(tmp_path):
 def test_frames_bag_tf_static_reaches_a_late_tf_listener(tmp_path):
     # A tf2 listener's /tf_static subscription (TRANSIENT_LOCAL) that starts after playback
     # still gets camera_link -> camera_depth_optical_frame; /tf (volatile) is gone by then.
-    tf2_msgs = pytest.importorskip('tf2_msgs.msg', reason='needs tf2_msgs')
     from test_bag_frames import _write_scene
+    from tf2_msgs.msg import TFMessage  # set-up builds it: a missing one must fail, not skip
 
     _write_scene(tmp_path / 'scenes')
     path = tmp_path / 'frames.bag'
@@ -155,7 +155,7 @@ def test_frames_bag_tf_static_reaches_a_late_tf_listener(tmp_path):
             for topic, durability in ((bag.TF_STATIC_TOPIC, DurabilityPolicy.TRANSIENT_LOCAL),
                                       (bag.TF_TOPIC, DurabilityPolicy.VOLATILE)):
                 listener.node.create_subscription(
-                    tf2_msgs.TFMessage, topic, lambda msg, t=topic: got[t].append(msg),
+                    TFMessage, topic, lambda msg, t=topic: got[t].append(msg),
                     QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                durability=durability))
 
