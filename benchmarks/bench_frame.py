@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--frames', type=int, default=5, help='frames (one per scene)')
     p.add_argument('--repeats', type=int, default=5, help='timed rounds after one warm-up')
     p.add_argument('--threads', type=int, default=2, help='torch threads (0: torch default)')
+    p.add_argument('--precision', default='auto', choices=('fp32', 'bf16', 'fp16', 'auto'),
+                   help="model precision (default: the node's, auto)")
     p.add_argument('--json', type=Path, default=None, help='write the numbers here')
     args = p.parse_args(argv)
     if args.frames < 1 or args.repeats < 1:
@@ -163,7 +165,9 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     clouds = load_frames(args.scenes, args.frames)
     t0 = time.perf_counter()
-    detector = Detector.from_config(DetectorConfig())
+    base = DetectorConfig()
+    model = replace(base.opendlign.model, precision=args.precision)
+    detector = Detector.from_config(replace(base, opendlign=replace(base.opendlign, model=model)))
     label_set = detector.encode_labels(LABELS)
     startup_ms = 1e3 * (time.perf_counter() - t0)
     for cloud in clouds:                                   # warm-up (allocators, caches)

@@ -46,6 +46,9 @@ def main() -> int:
                         help="segment from geometry alone (ignore the scenes' colours)")
     parser.add_argument('--weights', default='bundled')
     parser.add_argument('--model-name', default=ModelConfig.model_name)
+    parser.add_argument('--precision', default=ModelConfig.precision,
+                        choices=('fp32', 'bf16', 'fp16', 'auto'),
+                        help="model precision ('auto' is the node's default)")
     parser.add_argument('--out', type=Path, default=Path('out/eval_det'))
     args = parser.parse_args()
     if args.split == 'train' and not args.scenes:
@@ -55,7 +58,8 @@ def main() -> int:
     if args.split == 'eval' and len(roots) == 1 and len(list_scenes(roots[0])) < args.count:
         print(f'generating {args.count} eval-split scenes (seed {args.seed}) in {roots[0]}')
         write_synth_scenes(roots[0], 'eval', args.count, args.seed)
-    model = ModelConfig(model_name=args.model_name, weights_path=args.weights)
+    model = ModelConfig(model_name=args.model_name, weights_path=args.weights,
+                        precision=args.precision)
     config = DetectorConfig(opendlign=OpenDlignConfig(model=model),
                             labels_per_object=args.labels_per_object,
                             use_colors=not args.no_colors)

@@ -251,7 +251,7 @@ class Classifier:
             root = resolve_cache_dir(self.config.classifier.text_cache_dir)
             self._disk_caches[name] = None if root is None else TextEmbeddingCache(
                 root, text_fingerprint(self.model.clip, self.model.tokenizer, templates,
-                                       self.model.dtype))
+                                       self.model.text_dtype))
         return self._disk_caches[name]
 
     def _encode_text_classes(self, labels: Sequence[str], templates: Sequence[str],

@@ -26,7 +26,7 @@ IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 ProjectionMethod = Literal['contour', 'realistic']
 Device = str
-Precision = Literal['fp32', 'bf16', 'fp16']
+Precision = Literal['fp32', 'bf16', 'fp16', 'auto']
 
 
 @dataclass(frozen=True)
@@ -112,13 +112,16 @@ class ModelConfig:
     weights_path: str = 'bundled'
     #: Torch device string, e.g. ``'cpu'`` or ``'cuda:0'``.
     device: Device = 'cpu'
-    #: Weight precision; ``'fp32'`` unless opted in.
+    #: Weight precision: ``'fp32'``; ``'bf16'``/``'fp16'`` (the whole model); ``'auto'`` (the
+    #: image tower in bf16 where the device computes bf16 natively: x86 AVX512-BF16 or AMX,
+    #: CUDA with bf16; fp32 elsewhere; the text tower stays fp32, see
+    #: :func:`opendlign_core.model.resolve_precision`).
     precision: Precision = 'fp32'
 
     def __post_init__(self) -> None:
         _check(bool(self.model_name.strip()), 'model_name', self.model_name, 'a non-empty name')
-        _check(self.precision in ('fp32', 'bf16', 'fp16'), 'precision', self.precision,
-               "one of 'fp32', 'bf16', 'fp16'")
+        _check(self.precision in ('fp32', 'bf16', 'fp16', 'auto'), 'precision', self.precision,
+               "one of 'fp32', 'bf16', 'fp16', 'auto'")
 
 
 @dataclass(frozen=True)

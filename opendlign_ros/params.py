@@ -182,6 +182,23 @@ class NodeSettings:
     object_map_enabled: bool = True
 
 
+def node_detector_defaults() -> DetectorConfig:
+    """
+    Return the detector settings the node starts from (before its parameter file).
+
+    The core's defaults, except ``precision: auto``: the node runs at robot rate, so its image
+    tower computes in bf16 where the CPU or GPU does so natively (about 1.4x faster on the
+    bundled model, view features within cosine 0.99998 of fp32; see
+    :func:`opendlign_core.model.resolve_precision`), while the library and the evaluation
+    scripts keep fp32 for reproducible numbers.
+
+    :return: The node's default :class:`DetectorConfig`.
+    """
+    base = DetectorConfig()
+    model = replace(base.opendlign.model, precision='auto')
+    return replace(base, opendlign=replace(base.opendlign, model=model))
+
+
 def parameter_specs() -> Tuple[ParamSpec, ...]:
     """
     Return the schema of every node parameter, derived from the config dataclasses.
@@ -190,7 +207,7 @@ def parameter_specs() -> Tuple[ParamSpec, ...]:
         ``labels``.
     """
     specs: List[ParamSpec] = []
-    _collect(DetectorConfig(), (), specs)
+    _collect(node_detector_defaults(), (), specs)
     specs.append(ParamSpec(
         OBJECT_MAP_ENABLED, True, ParameterType.PARAMETER_BOOL,
         'Keep a persistent map of the detected objects in the map frame (target_frame, or the '
@@ -264,7 +281,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
     reason = check_labels(labels)
     if reason is not None:
         raise ValueError(f'parameter {LABELS!r}: {reason}')
-    return NodeSettings(detector=_build(DetectorConfig(), (), config_values),
+    return NodeSettings(detector=_build(node_detector_defaults(), (), config_values),
                         shell=ShellSettings(**shell_values),
                         labels=validate_labels(labels),
                         object_map=_build(ObjectMapConfig(), (), map_values),

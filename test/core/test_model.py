@@ -185,6 +185,35 @@ def test_bf16_weights_run_on_cpu(images):
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
+@pytest.mark.parametrize('native', [True, False])
+def test_auto_precision_casts_only_the_image_tower_where_bf16_is_native(
+        images, monkeypatch, native):
+    import opendlign_core.model as model_module
+    monkeypatch.setattr(model_module, 'native_bf16', lambda device='cpu': native)
+    assert model_module.resolve_precision('auto') == ('bf16' if native else 'fp32')
+    assert model_module.resolve_precision('fp16') == 'fp16'
+    torch.manual_seed(0)
+    ref = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test'), depth_branch=True)
+    torch.manual_seed(0)
+    auto = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', precision='auto'),
+                             depth_branch=True)
+    want = torch.bfloat16 if native else torch.float32
+    assert auto.dtype == want and auto.depth_block.ln_1.weight.dtype == want
+    # The text tower (and so every label embedding and its disk cache) stays fp32.
+    assert auto.text_dtype == torch.float32 and ref.text_dtype == torch.float32
+    tokens = auto.tokenize(['a chair'])
+    torch.testing.assert_close(auto.encode_text(tokens), ref.encode_text(tokens))
+    a = torch.nn.functional.normalize(auto.encode_image(images, 'depth').float(), dim=-1)
+    r = torch.nn.functional.normalize(ref.encode_image(images, 'depth'), dim=-1)
+    assert (a * r).sum(-1).min() > (0.999 if native else 1 - 1e-6)
+
+
+def test_unknown_precision_is_refused():
+    from opendlign_core.model import resolve_precision
+    with pytest.raises(ValueError, match="'int8'"):
+        resolve_precision('int8')
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu(tiny, images):
     cuda = create_depth_clip(ModelConfig(model_name='OpenDlign-Tiny-Test', device='cuda'))

@@ -1,5 +1,7 @@
 """Shell unit tests: parameter declaration, mapping to DetectorConfig and label validation."""
 
+from dataclasses import replace
+
 import pytest
 from rcl_interfaces.msg import ParameterType
 import rclpy
@@ -35,11 +37,15 @@ def test_every_config_field_is_a_described_parameter():
     assert specs['labels'].type == ParameterType.PARAMETER_STRING_ARRAY
     assert specs['labels'].default == list(params.DEFAULT_LABELS)
     assert specs['projection.view_angles_deg'].type == ParameterType.PARAMETER_DOUBLE_ARRAY
-    assert specs['precision'].choices == ('fp32', 'bf16', 'fp16')
+    assert specs['precision'].choices == ('fp32', 'bf16', 'fp16', 'auto')
+    # The node (not the library) starts from precision auto: robot rate.
+    assert specs['precision'].default == 'auto'
+    assert params.settings_from_values({}).detector.opendlign.model.precision == 'auto'
     assert specs['score_threshold'].range == (0.0, 1.0)
     d = specs['classifier.top_k'].descriptor()
     assert (d.integer_range[0].from_value, d.integer_range[0].to_value) == (1, 1000)
-    assert 'one of: fp32, bf16, fp16' == specs['precision'].descriptor().additional_constraints
+    assert specs['precision'].descriptor().additional_constraints == \
+        'one of: fp32, bf16, fp16, auto'
     assert specs['segmentation.voxel_size'].description.startswith('Edge of the voxel grid')
 
 
@@ -59,7 +65,10 @@ def test_settings_from_values_maps_nested_fields():
     assert cfg.segmentation.voxel_size == 0.05 and cfg.score_threshold == 0.25
     assert settings.shell.input_qos == 'reliable'
     assert settings.labels == ('chair', 'table')
-    assert params.settings_from_values({}).detector == DetectorConfig()
+    assert params.settings_from_values({}).detector == params.node_detector_defaults()
+    assert params.node_detector_defaults() == replace(
+        DetectorConfig(), opendlign=replace(DetectorConfig().opendlign, model=replace(
+            DetectorConfig().opendlign.model, precision='auto')))
 
 
 @pytest.mark.parametrize('values,message', [
