@@ -17,7 +17,8 @@ Topics and services (relative, so namespaces and remapping apply):
 * ``objects`` (pub, ``vision_msgs/Detection3DArray``) and ``objects_markers`` (pub,
   ``MarkerArray``): the confirmed objects of the persistent object map, in the map frame
   (``target_frame`` or the cloud's frame), ``Detection3D.id`` = persistent object id,
-  ``results`` = fused label scores; after each processed cloud (``object_map.enabled``).
+  ``results`` = fused label scores; after each processed cloud (``object_map.enabled``),
+  stamped like it, shortly after that cloud's ``detections``.
 * ``~/clear_objects`` (service, ``std_srvs/Trigger``): empty the object map.
 * ``diagnostics`` (pub, ``diagnostic_msgs/DiagnosticArray``): per-stage latency, counters,
   segmentation warnings and dropped-cluster counts.
@@ -34,9 +35,15 @@ callback group on a :class:`MultiThreadedExecutor`; parameter services, the TF s
 the clear service stay responsive during inference and while inference waits for a transform. A
 ``labels`` change is validated in the on-set callback without side effects, then its text
 embeddings are built in a third callback group and the label-set reference is swapped in one
-assignment: each detection reads the reference once, so it never mixes two label sets.
+assignment: each detection reads the reference once, so it never mixes two label sets. The
+object map is updated on its own worker thread once a cloud's detections are out, in cloud order,
+overlapping the next cloud's decoding and segmentation (at most :data:`MAP_BACKLOG` updates
+wait; beyond that inference waits for the map, so no processed cloud is left out of it);
+``map_update_ms`` and ``objects`` on diagnostics are those of the last finished update.
 """
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 import signal
 import sys
@@ -69,6 +76,8 @@ NODE_NAME = 'opendlign'
 NUM_THREADS = 5
 #: ``VisionClass.class_id`` of the "unknown" outcome (vision_msgs' UNLABELED).
 UNLABELED_ID = 65535
+#: Object-map updates that may wait for the map worker before inference waits for them.
+MAP_BACKLOG = 2
 #: QoS of ``label_info``: latched, as vision_msgs asks.
 LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                             reliability=ReliabilityPolicy.RELIABLE,
@@ -182,10 +191,14 @@ class DetectorNode(Node):
 
         self._object_map: Any = None
         self._map_frame = ''
+        self._map_worker: Optional[ThreadPoolExecutor] = None
+        self._map_pending: deque = deque()
+        self._map_last: Dict[str, float] = {}
         if self._settings.object_map_enabled:
             from opendlign_core.object_map import ObjectMap
             self._object_map = ObjectMap(getattr(detector, 'classifier', None), self._label_set,
                                          self._settings.object_map)
+            self._map_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='object_map')
 
         self._inference_wake = self.create_guard_condition(
             self._on_inference, callback_group=self._inference_group)
@@ -247,8 +260,23 @@ class DetectorNode(Node):
         """
         return self._object_map
 
+    def wait_for_object_map(self, timeout: Optional[float] = None) -> None:
+        """
+        Wait until every object-map update submitted so far has finished.
+
+        :param timeout: Longest wait, seconds (``None``: no limit).
+        :raises TimeoutError: If an update is still running after ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in list(self._map_pending):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            future.exception(timeout=left)
+
     def destroy_node(self) -> None:
-        """Stop the TF listener, then destroy the node."""
+        """Finish the queued object-map updates, stop the TF listener, destroy the node."""
+        if self._map_worker is not None:
+            self._map_worker.shutdown(wait=True)
+            self._map_worker = None
         if self._transforms is not None:
             self._transforms.close()
             self._transforms = None
@@ -325,16 +353,13 @@ class DetectorNode(Node):
                 result, header, lifetime, frame_from_zup=self._frame_from_zup))
         extra: Dict[str, Any] = {'detections': len(result.detections),
                                  'clusters': result.num_clusters, 'points': result.num_points}
-        if self._object_map is not None:
-            t0 = time.perf_counter()
-            try:
-                extra['objects'] = self._update_map(result, points, sensor_pose, header)
-            except Exception as e:  # noqa: BLE001 - the detections are already out
-                message = f'object map update failed: {type(e).__name__}: {e}'
-                with self._lock:
-                    self._last_error = message
-                self.get_logger().error(message, throttle_duration_sec=self._throttle())
-            timings['map_update'] = (time.perf_counter() - t0) * 1e3
+        if self._map_worker is not None:
+            self._submit_map_update(result, points, sensor_pose, header)
+            with self._lock:
+                last = dict(self._map_last)
+            if last:
+                timings['map_update'] = last['map_update']
+                extra['objects'] = int(last['objects'])
         with self._lock:
             self._counters.processed += 1
         warnings = tuple(getattr(result, 'warnings', ()) or ())
@@ -367,6 +392,33 @@ class DetectorNode(Node):
             DiagnosticStatus.OK,
             f'empty cloud ({msg.width} x {msg.height}, no finite point): no detections',
             timings, {'detections': 0, 'clusters': 0, 'points': 0})
+
+    def _submit_map_update(self, result: Any, points: np.ndarray, sensor_pose: np.ndarray,
+                           header: Header) -> None:
+        # Runs on the inference thread: queue the update, waiting only past MAP_BACKLOG.
+        while self._map_pending and self._map_pending[0].done():
+            self._map_pending.popleft()
+        while len(self._map_pending) >= MAP_BACKLOG:
+            self._map_pending.popleft().exception()
+        if self._map_worker is None:
+            return
+        future: Future = self._map_worker.submit(self._map_job, result, points, sensor_pose,
+                                                 header)
+        self._map_pending.append(future)
+
+    def _map_job(self, result: Any, points: np.ndarray, sensor_pose: np.ndarray,
+                 header: Header) -> None:
+        t0 = time.perf_counter()
+        try:
+            count = self._update_map(result, points, sensor_pose, header)
+        except Exception as e:  # noqa: BLE001 - the detections are already out
+            message = f'object map update failed: {type(e).__name__}: {e}'
+            with self._lock:
+                self._last_error = message
+            self.get_logger().error(message, throttle_duration_sec=self._throttle())
+            return
+        with self._lock:
+            self._map_last = {'map_update': (time.perf_counter() - t0) * 1e3, 'objects': count}
 
     def _update_map(self, result: Any, points: np.ndarray, sensor_pose: np.ndarray,
                     header: Header) -> int:
@@ -402,6 +454,11 @@ class DetectorNode(Node):
             response.success = False
             response.message = 'object map is disabled (object_map.enabled is false)'
             return response
+        try:
+            # Updates from clouds received before the request belong to the old map.
+            self.wait_for_object_map(timeout=5.0)
+        except TimeoutError:
+            self.get_logger().warning('clear_objects: a map update still runs after 5 s')
         count = len(self._object_map)
         self._object_map.clear()
         if self._map_frame:
