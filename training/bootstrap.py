@@ -860,7 +860,8 @@ def export_model(model: DepthCLIP, path: Path, extra: Dict[str, Any]) -> Tuple[P
 
 def evaluate_export(args: BootstrapArgs) -> int:
     """
-    Evaluate an exported model on the eval split and print the result as JSON.
+    Evaluate an exported model on the eval split (and the train-split holdout, the split that
+    chooses between exports) and print the result as JSON.
 
     The projection comes from the export's manifest; views are rendered as in training: full
     surfaces and single ray-cast partial views, ``--eval-points`` points each, with and without
@@ -878,6 +879,18 @@ def evaluate_export(args: BootstrapArgs) -> int:
     subset = eval_subset(eval_data, classes)
     templates = model.manifest.get('classifier', {}).get('templates', args.templates)
     res = evaluate_modes(model, 'eval', subset, classes, args, proj, templates)
+    if args.holdout_frac > 0:
+        # The selection split: compare candidate exports here, not on the eval split.
+        train_data = sample_split('train', args)
+        held = holdout_mask(train_data['keys'], args.holdout_frac)
+        hold_data = _subset(train_data, np.flatnonzero(held).tolist())
+        hold_classes = sorted({r.modelnet40.replace('_', ' ') for r in hold_data['rows']}
+                              & set(classes))
+        hold_data = eval_subset(hold_data, hold_classes)
+        if hold_data['keys']:
+            res['holdout'] = evaluate_modes(model, 'holdout', hold_data, hold_classes, args,
+                                            proj, templates)
+            _logger.info('train-split holdout: %s', _summary(res['holdout']))
     res['weights'] = path
     res['eval_points'] = args.eval_points
     print(json.dumps(res, indent=2))

@@ -104,6 +104,10 @@ def test_bootstrap_smoke_two_steps(tmp_path, synthetic, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed['full']['top1'] == res['eval']['full']['top1']
     assert printed['partial']['top1'] == res['eval']['partial']['top1']
+    # ... and the holdout (the split that chooses between exports) when the run had one.
+    assert ('holdout' in printed) == ('holdout' in res)
+    if 'holdout' in res:
+        assert printed['holdout']['full']['top1'] == res['holdout']['full']['top1']
 
 
 def test_parse_args_validation():
