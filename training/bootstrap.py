@@ -860,8 +860,9 @@ def export_model(model: DepthCLIP, path: Path, extra: Dict[str, Any]) -> Tuple[P
 
 def evaluate_export(args: BootstrapArgs) -> int:
     """
-    Evaluate an exported model on the eval split (and the train-split holdout, the split that
-    chooses between exports) and print the result as JSON.
+    Evaluate an exported model on the eval split and the train-split holdout, print JSON.
+
+    The holdout is the split that chooses between exports; the eval split only reports.
 
     The projection comes from the export's manifest; views are rendered as in training: full
     surfaces and single ray-cast partial views, ``--eval-points`` points each, with and without
