@@ -14,6 +14,7 @@ from opendlign_core.model import (
     create_depth_clip,
     get_model_config,
     read_manifest,
+    run_block,
     save_depth_clip,
 )
 
@@ -80,6 +81,46 @@ def test_mixed_batch_equals_separate_branches(tiny, images):
     torch.testing.assert_close(mixed, torch.cat([pre, dep]), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='depth_mask'):
         tiny.encode_image_mixed(images, torch.tensor([1, 0, 1]))
+
+
+@pytest.mark.parametrize('heads, layer_scale', [(3, None), (4, 0.1), (1, None)])
+@pytest.mark.parametrize('dtype, tol', [(torch.float32, 2e-6), (torch.bfloat16, 4e-2)])
+def test_run_block_equals_the_open_clip_block(heads, layer_scale, dtype, tol):
+    from open_clip.transformer import ResidualAttentionBlock
+    torch.manual_seed(3)
+    block = ResidualAttentionBlock(48, heads, ls_init_value=layer_scale).eval().to(dtype)
+    x = torch.randn(5, 17, 48, dtype=dtype)
+    with torch.inference_mode():
+        expected, got = block(x).float(), run_block(block, x)
+    assert got.dtype == dtype and got.shape == x.shape
+    # bf16: both round at every product, differently; the error is a few bf16 ulps of |x| ~ 4.
+    torch.testing.assert_close(got.float(), expected, rtol=0, atol=tol)
+
+
+def test_run_block_falls_back_to_the_block_where_it_does_not_apply():
+    from open_clip.transformer import ResidualAttentionBlock
+    torch.manual_seed(4)
+    calls = []
+
+    def counted(block):
+        forward = block.forward
+        block.forward = lambda *a, **k: calls.append(block) or forward(*a, **k)
+        return block
+
+    seq_first = counted(ResidualAttentionBlock(32, 2, batch_first=False).eval())
+    dropout = counted(ResidualAttentionBlock(32, 2).train())
+    dropout.attn.dropout = 0.5
+    hooked = counted(ResidualAttentionBlock(32, 2).eval())
+    hooked.register_forward_hook(lambda mod, args, out: out + 1)
+    plain = counted(ResidualAttentionBlock(32, 2).eval())
+    x = torch.randn(3, 7, 32)
+    with torch.no_grad():
+        for block in (seq_first, dropout, hooked, plain):
+            run_block(block, x)
+        torch.testing.assert_close(run_block(plain, x), plain.forward(x), rtol=0, atol=2e-6)
+    # Every block that needs its own forward (or its hooks) ran through it; the plain block
+    # only in the reference call.
+    assert calls == [seq_first, dropout, hooked, plain]
 
 
 @pytest.mark.parametrize('name, width', [('OpenDlign-Tiny-Test', 64), ('ViT-B-32', 768)])
