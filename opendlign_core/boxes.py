@@ -184,6 +184,37 @@ def _wrap_yaw(yaw: float, size_xy: np.ndarray) -> tuple[float, np.ndarray]:
     return yaw, size_xy
 
 
+def _hull_candidates(xy: np.ndarray) -> np.ndarray:
+    """
+    Drop points that cannot be convex-hull vertices (Akl-Toussaint prefilter).
+
+    The extreme points along x, y, x + y and x - y span a convex polygon of input points; a point
+    strictly inside it is strictly inside the hull, so the hull of the remaining points is the
+    hull of all (same vertices). On a segmented object's footprint this keeps a few percent of
+    the points, and qhull runs on those (issue 13: the box fit was 12 ms of a frame).
+
+    :param xy: (N, 2) float64.
+    :return: (M, 2) float64, the candidates in their input order (all points when N < 16 or
+        the polygon is degenerate).
+    """
+    if len(xy) < 16:
+        return xy
+    x, y = xy[:, 0], xy[:, 1]
+    s, d = x + y, x - y
+    # Support points in counter-clockwise order of their directions (0, 45, ..., 315 degrees).
+    order = [np.argmax(x), np.argmax(s), np.argmax(y), np.argmin(d),
+             np.argmin(x), np.argmin(s), np.argmin(y), np.argmax(d)]
+    poly = xy[[i for k, i in enumerate(order) if i != order[k - 1]]]
+    if len(poly) < 3:
+        return xy
+    a, edge = poly, np.roll(poly, -1, axis=0) - poly
+    # Strictly left of every edge of the counter-clockwise polygon = strictly inside it.
+    inside = np.ones(len(xy), dtype=bool)
+    for (ax, ay), (ex, ey) in zip(a, edge):
+        inside &= ex * (y - ay) - ey * (x - ax) > 0
+    return xy[~inside]
+
+
 def fit_oriented_box(points: np.ndarray) -> Box3D:
     """
     Fit a yaw-oriented box: the minimum-area rectangle of the ground-plane footprint × z range.
@@ -199,7 +230,8 @@ def fit_oriented_box(points: np.ndarray) -> Box3D:
     z0, z1 = float(pts[:, 2].min()), float(pts[:, 2].max())
     xy = pts[:, :2]
     try:
-        hull = xy[ConvexHull(xy).vertices] if len(xy) >= 3 else None
+        cand = _hull_candidates(xy)
+        hull = cand[ConvexHull(cand).vertices] if len(cand) >= 3 else None
     except QhullError:
         hull = None
     if hull is None:

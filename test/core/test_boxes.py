@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from opendlign_core.boxes import (
+    _hull_candidates,
     Box3D,
     fit_aabb,
     fit_oriented_box,
@@ -54,6 +55,51 @@ def test_fit_oriented_wraps_yaw_and_swaps_sizes():
     assert box.yaw == pytest.approx(yaw - math.pi / 2, abs=1e-9)
     np.testing.assert_allclose(box.size, [0.5, 2.0, 1.0], atol=1e-9)
     assert iou_oriented(box, _cube([0, 0, 0.5], [2, 0.5, 1], yaw)) == pytest.approx(1.0)
+
+
+def _clouds_for_hulls():
+    rng = np.random.default_rng(11)
+    yaw = 0.4
+    rot = np.array([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
+    grid = np.stack(np.meshgrid(np.arange(40.0), np.arange(25.0)), -1).reshape(-1, 2) * 0.02
+    angle = rng.uniform(0, 2 * math.pi, 300)
+    return {
+        'filled rotated rectangle': rng.uniform([-1, -0.3], [1, 0.3], (5000, 2)) @ rot.T,
+        'gaussian blob far out': rng.normal(0, 0.4, (4000, 2)) + [512345.6, -98765.4],
+        'points on a circle': np.stack([np.cos(angle), np.sin(angle)], 1),
+        'axis-aligned grid (tied extremes)': grid,
+        'collinear': np.stack([np.linspace(0, 1, 50), np.linspace(0, 2, 50)], 1),
+        'few points': rng.normal(0, 1, (5, 2)),
+    }
+
+
+@pytest.mark.parametrize('name', list(_clouds_for_hulls()))
+def test_hull_prefilter_keeps_every_hull_vertex_and_the_same_box(name):
+    from scipy.spatial import ConvexHull, QhullError
+    xy = _clouds_for_hulls()[name]
+    cand = _hull_candidates(xy)
+    assert len(cand) <= len(xy)
+    try:
+        full = {tuple(p) for p in xy[ConvexHull(xy).vertices]}
+    except QhullError:      # collinear: no 2-D hull, the box fit falls back to the AABB
+        full = None
+    if full is not None:
+        assert {tuple(p) for p in cand[ConvexHull(cand).vertices]} == full
+    if name == 'filled rotated rectangle':
+        assert len(cand) < 0.1 * len(xy)
+    pts = np.c_[xy, np.linspace(0.0, 1.0, len(xy))]
+    box = fit_oriented_box(pts)
+    # The reference: the same rotating calipers over the hull of all points.
+    if full is not None:
+        hull = xy[ConvexHull(xy).vertices]
+        edges = np.roll(hull, -1, axis=0) - hull
+        angles = np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), math.pi / 2))
+        c, s = np.cos(angles), np.sin(angles)
+        u, v = hull @ np.stack([c, s]), hull @ np.stack([-s, c])
+        areas = np.ptp(u, axis=0) * np.ptp(v, axis=0)
+        np.testing.assert_allclose(box.size[0] * box.size[1],
+                                   min(areas.min(), np.ptp(xy[:, 0]) * np.ptp(xy[:, 1])),
+                                   rtol=1e-9)
 
 
 def test_fit_oriented_degenerate_falls_back():
