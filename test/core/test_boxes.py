@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from opendlign_core.boxes import (
-    _hull_candidates,
     Box3D,
+    _hull_candidates,
     fit_aabb,
     fit_oriented_box,
     iou_aligned,
