@@ -164,13 +164,17 @@ class Detector:
         if not np.issubdtype(pts.dtype, np.number):
             raise TypeError(f'points must be numeric, got dtype {pts.dtype}')
         cols = check_colors(colors, len(pts)) if colors is not None else None
-        index = np.flatnonzero(np.isfinite(pts).all(axis=1))
+        # Clouds are usually all finite: one flat check, and no row-wise pass or copy then.
+        if np.isfinite(pts).all():
+            index = np.arange(len(pts))
+        else:
+            index = np.flatnonzero(np.isfinite(pts).all(axis=1))
         if len(index) > self.config.max_points:
             rng = np.random.default_rng(self.config.seed)
             index = np.sort(rng.choice(index, self.config.max_points, replace=False))
         # Rotate and localise before any float32 cast: casting coordinates like 5e6 m would move
         # points by up to 0.25 m.
-        zup = pts[index]
+        zup = pts if len(index) == len(pts) else pts[index]
         if self.config.up_axis != 'z':
             zup = zup.astype(np.float64) @ up_rotation(self.config.up_axis).T
         origin = local_origin(zup)

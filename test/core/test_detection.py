@@ -119,6 +119,25 @@ def test_up_axis_y_and_malformed_inputs():
         det.detect(pts, None, colors=np.zeros((3, 3)))
 
 
+def test_non_finite_rows_anywhere_give_the_same_detections_and_original_indices():
+    # The all-finite cloud takes the no-copy path, the one with NaN/inf rows the filtered one:
+    # same boxes, and each detection's indices point at the same points of its own input.
+    pts, _ = _scene()
+    rng = np.random.default_rng(5)
+    bad = np.sort(rng.choice(len(pts) + 40, 40, replace=False))
+    dirty = np.empty((len(pts) + 40, 3), np.float32)
+    keep = np.setdiff1d(np.arange(len(dirty)), bad)
+    dirty[keep] = pts
+    dirty[bad] = [np.nan, 0.0, np.inf]
+    det = Detector(StubClassifier(), DetectorConfig())
+    clean_res, dirty_res = det.detect(pts, None), det.detect(dirty, None)
+    assert len(clean_res.detections) == len(dirty_res.detections) == 2
+    for a, b in zip(clean_res.detections, dirty_res.detections):
+        np.testing.assert_allclose(a.box.center, b.box.center, atol=1e-9)
+        np.testing.assert_array_equal(keep[a.point_indices], b.point_indices)
+        assert np.isfinite(dirty[b.point_indices]).all()
+
+
 def test_colours_reach_the_segmentation():
     # A door flush with a wall differs from it in colour only: found with colours, not without,
     # and not when use_colors is off. Colours with NaN rows and subsampling stay aligned.
