@@ -591,7 +591,8 @@ class ObjectMap:
         if pose.shape != (4, 4):
             raise ValueError(f'map_from_sensor must be a (4, 4) matrix, got shape {pose.shape}')
         view = SensorView.from_cloud(points_map, pose[:3, 3], pose)
-        return self.update(observations_from_result(result, points_map), stamp, view)
+        return self.update(observations_from_result(
+            result, points_map, self.config.max_points_per_observation), stamp, view)
 
     def _update(self, obs: list[Observation], clouds: list[np.ndarray], stamp: float,
                 view: Optional[SensorView]) -> MapUpdate:
