@@ -267,10 +267,8 @@ def decode_xyz(
     points, _ = _point_view(data, fields, point_step, width, height, row_step, is_bigendian,
                             max_points, colour=False)
     xyz = _xyz_of(points)
-    if skip_nans:
-        finite = np.isfinite(xyz).all(axis=1)
-        if not finite.all():
-            xyz = xyz[finite]
+    if skip_nans and not np.isfinite(xyz).all():   # flat check first: clouds are usually dense
+        xyz = xyz[np.isfinite(xyz).all(axis=1)]
     return xyz
 
 
@@ -326,11 +324,10 @@ def decode_xyz_rgb(
                                        is_bigendian, max_points, colour=True)
     xyz = _xyz_of(points)
     rgb = None if colour_names is None else _rgb_of(points, colour_names)
-    if skip_nans:
+    if skip_nans and not np.isfinite(xyz).all():   # flat check first: clouds are usually dense
         finite = np.isfinite(xyz).all(axis=1)
-        if not finite.all():
-            xyz = xyz[finite]
-            rgb = None if rgb is None else rgb[finite]
+        xyz = xyz[finite]
+        rgb = None if rgb is None else rgb[finite]
     return xyz, rgb
 
 
