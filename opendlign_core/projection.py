@@ -522,8 +522,8 @@ def _contour_table(idx: torch.Tensor, bins: torch.Tensor, num_objects: int,
     values = torch.empty(pixels.numel(), dtype=torch.float32, device=device)
     for start in range(0, pixels.numel(), chunk):
         b = base[start:start + chunk]
-        lookup = rows.index_select(0, (b[:, None] + offsets).view(-1)).view(-1, kb * kb).long()
-        lookup += padded[b].long()[:, None] * num_codes
+        lookup = rows.index_select(0, (b[:, None] + offsets).view(-1)).view(-1, kb * kb).int()
+        lookup += padded[b].int()[:, None] * num_codes
         sums = F.embedding_bag(lookup, table, per_sample_weights=weights[:b.numel()],
                                mode='sum')
         values[start:start + chunk] = (sums[:, :nbins] / sums[:, nbins:]).amax(dim=1)
