@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
+from opendlign_core.pointcloud import bounds
+
 
 @dataclass(frozen=True)
 class Box3D:
@@ -172,7 +174,7 @@ def fit_aabb(points: np.ndarray) -> Box3D:
     :raises ValueError: If ``points`` is empty, non-finite or not (N, 3).
     """
     pts = _check_points(points, 'points')
-    return Box3D.from_min_max(pts.min(axis=0), pts.max(axis=0))
+    return Box3D.from_min_max(*bounds(pts))
 
 
 def _wrap_yaw(yaw: float, size_xy: np.ndarray) -> tuple[float, np.ndarray]:

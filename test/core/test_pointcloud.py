@@ -5,6 +5,7 @@ import pytest
 
 from opendlign_core.pointcloud import (
     MESH_SAMPLE_POINTS,
+    bounds,
     clean_points,
     load_point_cloud,
     load_point_colors,
@@ -296,3 +297,15 @@ def test_clean_points_and_to_z_up_keep_float64_far_from_the_origin():
     np.testing.assert_allclose(up[2] - up[0], [0.0, -0.02, 0.01], atol=1e-9)
     assert clean_points(obj.astype(np.float32)).dtype == np.float32
     assert to_z_up(np.ones((2, 3), np.int64), 'z').dtype == np.float32
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64, np.int64])
+def test_bounds_are_the_per_axis_min_and_max(dtype):
+    pts = np.array([[1, -2, 3], [-4, 5, 0], [2, 2, -7]], dtype=dtype)
+    lo, hi = bounds(pts)
+    assert lo.dtype == hi.dtype == dtype
+    assert lo.tolist() == [-4, -2, -7] and hi.tolist() == [2, 5, 3]
+    far = np.random.default_rng(0).normal(5e6, 1.0, (1000, 3))
+    np.testing.assert_array_equal(bounds(far)[0], far.min(axis=0))
+    with pytest.raises(ValueError, match='N >= 1'):
+        bounds(np.zeros((0, 3)))
