@@ -119,6 +119,16 @@ def test_sensor_view_visibility_by_hand():
     assert vis == [True, False, True, False]
     # An object does not occlude itself: its far points share bins with its near points.
     assert view.visible(np.array([[2.0, 0.0, 0.0], [2.5, 0.0, 0.0]]), margin=0.1).all()
+    # Two objects in one call with groups: each as if alone. Object 1 (5.0 m, behind the wall)
+    # shares a bin with object 0 (2.0 m): as one object the near point would vouch for it.
+    grouped = np.array([[2.0, 0.0, 0.0], [5.0, 0.0, 0.0], [4.05, 0.0, 0.0]])
+    groups = np.array([0, 1, 0])
+    alone = np.zeros(len(grouped), bool)
+    for g in (0, 1):
+        alone[groups == g] = view.visible(grouped[groups == g], margin=0.1)
+    together = view.visible(grouped, margin=0.1, groups=groups)
+    assert together.tolist() == alone.tolist() == [True, False, True]
+    assert view.visible(grouped, margin=0.1).tolist() == [True, True, True]
     with pytest.raises(ValueError, match='sensor_origin_map'):
         SensorView.from_cloud(_wall(4.0), [0.0, np.nan, 0.0])
     with pytest.raises(ValueError, match='points_map'):
