@@ -213,9 +213,9 @@ class Observation:
             raise ValueError(f'Observation.points must have shape (K, 3), got {pts.shape}')
         if not np.issubdtype(pts.dtype, np.number):
             raise TypeError(f'Observation.points must be numeric, got dtype {pts.dtype}')
-        finite = np.isfinite(pts).all(axis=1)
-        # A view, so making it read-only leaves the caller's array writable.
-        pts = pts[finite] if not finite.all() else pts.view()
+        # A view, so making it read-only leaves the caller's array writable. One flat check
+        # first: the row-wise one is the slow part and points are usually all finite.
+        pts = pts.view() if np.isfinite(pts).all() else pts[np.isfinite(pts).all(axis=1)]
         if len(pts) == 0:
             raise ValueError('Observation.points has no finite point')
         feats = np.asarray(self.view_features)
@@ -288,7 +288,8 @@ class SensorView:
         if not (isinstance(max_points, int) and max_points >= 1):
             raise ValueError(f'max_points must be an integer >= 1, got {max_points!r}')
         pts = pts[::max(1, math.ceil(len(pts) / max_points))]
-        pts = pts[np.isfinite(pts).all(axis=1)]
+        if not np.isfinite(pts).all():
+            pts = pts[np.isfinite(pts).all(axis=1)]
         rows, cols = int(math.ceil(180 / bin_deg)), int(math.ceil(360 / bin_deg))
         ranges = np.full(rows * cols, np.inf, np.float32)
         if len(pts):
@@ -329,9 +330,11 @@ class SensorView:
 
 
 def _bins(d: np.ndarray, bin_deg: float, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    r = np.sqrt((d * d).sum(axis=1))
-    az = np.degrees(np.arctan2(d[:, 1], d[:, 0])) + 180.0
-    el = np.degrees(np.arctan2(d[:, 2], np.hypot(d[:, 0], d[:, 1]))) + 90.0
+    # Column by column: NumPy's row-wise reductions of (N, 3) arrays are slow.
+    x, y, z = d[:, 0], d[:, 1], d[:, 2]
+    r = np.sqrt(x * x + y * y + z * z)
+    az = np.degrees(np.arctan2(y, x)) + 180.0
+    el = np.degrees(np.arctan2(z, np.hypot(x, y))) + 90.0
     col = np.minimum((az / bin_deg).astype(np.int64), cols - 1)
     row = np.minimum((el / bin_deg).astype(np.int64), rows - 1)
     return row * cols + col, r
