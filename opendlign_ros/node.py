@@ -563,6 +563,30 @@ def _weights_text(model_config: Any) -> str:
     return f'weights {path}' if path is not None else 'RANDOM weights: labels mean nothing'
 
 
+#: Python's GIL switch interval in the node process, seconds (CPython's default is 0.005).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def configure_process() -> None:
+    """
+    Set the process-wide threading knobs of a node process (called by :func:`main` only).
+
+    * One BLAS thread for NumPy/SciPy: their products here are small (N x 3 by 3 x 3, box
+      fits, association matrices), and OpenBLAS worker threads spinning beside the inference
+      threads and other processes made them up to 10x slower (measured on 2 cores). torch keeps
+      its own intra-op threads.
+    * GIL switch interval :data:`GIL_SWITCH_INTERVAL_S`: the object-map thread and the executor
+      threads release the GIL around every NumPy/SciPy/DDS call and then waited up to the
+      default 5 ms for the inference thread to hand it back (CPython's convoy effect): a map
+      update of 12 ms CPU took up to 2.3 s, and clouds waited to be taken. On 35 train-split
+      depth frames, lock-step (``opendlign bag eval --lockstep``), 5 ms -> 0.5 ms: end-to-end
+      p50 260 -> 216-223 ms, p90 470-540 -> 285-309, p99 770-880 -> 360-370; longest map update
+      570-680 -> 105-122 ms. 1 ms did half as well; 0.2 ms no better than 0.5 ms.
+    """
+    threadpool_limits(limits=1, user_api='blas')
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
 def main(args: Optional[List[str]] = None) -> int:
     """
     Run the node until shutdown (``opendlign-detector`` console script).
@@ -570,11 +594,7 @@ def main(args: Optional[List[str]] = None) -> int:
     :param args: Command-line arguments (``--ros-args ...``); ``None`` uses ``sys.argv``.
     :return: Exit status: 0 after a normal shutdown, 1 if the node could not start.
     """
-    # One BLAS thread for NumPy/SciPy in this process. Their products here are small (N x 3 by
-    # 3 x 3, box fits, association matrices), and OpenBLAS worker threads spinning beside the
-    # inference threads and other processes made them up to 10x slower (measured on 2 cores).
-    # torch keeps its own intra-op threads.
-    threadpool_limits(limits=1, user_api='blas')
+    configure_process()
     rclpy.init(args=args)
     try:
         try:

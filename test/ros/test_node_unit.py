@@ -169,3 +169,24 @@ def test_colours_reach_the_detector_and_bad_colour_fields_keep_the_points(node_a
     node._on_cloud(_cloud(3.0))
     _wait(lambda: node.counters.processed == 3)
     assert double.colors[2] is None
+
+
+def test_configure_process_shortens_the_gil_switch_interval_and_limits_blas():
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    from opendlign_ros.node import GIL_SWITCH_INTERVAL_S, configure_process
+
+    before = sys.getswitchinterval()
+    blas_before = max((i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'),
+                      default=1)
+    try:
+        configure_process()
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S) == 0.0005
+        blas = [i for i in threadpool_info() if i['user_api'] == 'blas']
+        assert blas and all(i['num_threads'] == 1 for i in blas)
+    finally:
+        sys.setswitchinterval(before)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=blas_before, user_api='blas')
