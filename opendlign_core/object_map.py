@@ -260,7 +260,8 @@ class SensorView:
         """
         Build the range image of one frame.
 
-        :param points_map: (N, 3) metres, map frame (non-finite rows ignored; N may be 0).
+        :param points_map: (N, 3) metres, map frame (non-finite rows and returns within
+            :data:`MIN_RANGE` of the sensor origin ignored; N may be 0).
         :param sensor_origin_map: (3,) sensor origin, map frame, metres.
         :param map_from_sensor: Optional (4, 4) sensor pose in the map frame (default: identity
             rotation at the origin).
@@ -294,7 +295,10 @@ class SensorView:
         ranges = np.full(rows * cols, np.inf, np.float32)
         if len(pts):
             flat, r = _bins(pts - origin, bin_deg, rows, cols)
-            np.minimum.at(ranges, flat, r.astype(np.float32))
+            # A return at the sensor itself is no measurement (drivers that write invalid depth
+            # pixels as (0, 0, 0)); it would hide everything along its bin.
+            real = r > MIN_RANGE
+            np.minimum.at(ranges, flat[real], r[real].astype(np.float32))
         ranges = ranges.reshape(rows, cols)
         for arr in (origin, ranges, pose):
             arr.setflags(write=False)
@@ -314,19 +318,33 @@ class SensorView:
         :param groups: Optional (K,) non-negative integer object of each point: several objects
             tested in one call, each exactly as if alone.
         :return: (K,) bool.
+        :raises ValueError: If ``groups`` is not (K,) non-negative integers.
         """
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         if len(pts) == 0:
             return np.zeros(0, bool)
         rows, cols = self.ranges.shape
         flat, r = _bins(pts - self.origin, self.bin_deg, rows, cols)
-        key = flat if groups is None else np.asarray(groups, np.int64) * (rows * cols) + flat
+        if groups is None:
+            key = flat
+        else:
+            g = np.asarray(groups)
+            limit = np.iinfo(np.int64).max // (rows * cols)
+            if g.shape != (len(pts),) or not np.issubdtype(g.dtype, np.integer) or (
+                    len(g) and (g.min() < 0 or g.max() >= limit)):
+                raise ValueError(f'groups must be ({len(pts)},) non-negative integers below '
+                                 f'{limit}, got shape {g.shape} dtype {g.dtype}')
+            key = g.astype(np.int64) * (rows * cols) + flat
         uniq, inverse = np.unique(key, return_inverse=True)
         near = np.full(len(uniq), np.inf)
         np.minimum.at(near, inverse, r)
         measured = self.ranges.reshape(-1)[uniq % (rows * cols)]
         ok = np.isfinite(measured) & (measured >= near - margin)
         return ok[inverse]
+
+
+#: Returns closer to the sensor origin than this are ignored by :class:`SensorView`, metres.
+MIN_RANGE = 1e-3
 
 
 def _bins(d: np.ndarray, bin_deg: float, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:

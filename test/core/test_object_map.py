@@ -129,6 +129,12 @@ def test_sensor_view_visibility_by_hand():
     together = view.visible(grouped, margin=0.1, groups=groups)
     assert together.tolist() == alone.tolist() == [True, False, True]
     assert view.visible(grouped, margin=0.1).tolist() == [True, True, True]
+    for bad in (groups[:, None], groups.astype(float), -groups, groups[:2]):
+        with pytest.raises(ValueError, match='groups'):
+            view.visible(grouped, margin=0.1, groups=bad)
+    # Invalid depth pixels written as (0, 0, 0) are no returns: they hide nothing.
+    zeros = SensorView.from_cloud(np.vstack([_wall(3.0), np.zeros((5, 3))]), np.zeros(3))
+    assert zeros.visible(np.array([[2.5, 0.0, 0.0]]), margin=0.1).tolist() == [True]
     with pytest.raises(ValueError, match='sensor_origin_map'):
         SensorView.from_cloud(_wall(4.0), [0.0, np.nan, 0.0])
     with pytest.raises(ValueError, match='points_map'):
