@@ -43,6 +43,7 @@ from scipy.spatial import cKDTree
 from threadpoolctl import ThreadpoolController
 
 from opendlign_core.config import SegmentationConfig
+from opendlign_core.pointcloud import bounds
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +103,11 @@ def voxelize(points: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndar
     pts = np.asarray(points, dtype=np.float64)
     if len(pts) == 0:
         return np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    # Per-column reductions: numpy reduces an (N, 3) array along axis 0 several times slower.
-    lo = np.array([pts[:, d].min() for d in range(3)])
+    lo, _ = bounds(pts)
     grid = pts - lo
     grid /= voxel_size
     grid = grid.astype(np.int64)   # >= 0, so truncation = floor
-    dims = np.array([grid[:, d].max() for d in range(3)]) + 1
+    dims = bounds(grid)[1] + 1
     keys = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]
     num_keys = int(dims.prod())
     if num_keys <= max(_DENSE_VOXEL_KEYS, 8 * len(pts)):
