@@ -28,6 +28,7 @@ from opendlign_core.boxes import Box3D, fit_aabb, fit_oriented_box, nms_3d
 from opendlign_core.config import DetectorConfig
 from opendlign_core.pointcloud import up_rotation
 from opendlign_core.segmentation import check_colors, segment_scene
+from opendlign_core.transforms import transform_points, transform_points_local
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +150,16 @@ class Detector:
         return LabelSet(labels=tuple(g[0] for g in groups), weights=weights,
                         templates=base.templates)
 
-    def _prepare(self, points: np.ndarray, colors: Optional[np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]:
+    def _prepare(self, points: np.ndarray, colors: Optional[np.ndarray],
+                 transform: Optional[np.ndarray] = None
+                 ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray]:
         """
-        Select, rotate and localise the finite points.
+        Select, move (``transform``), rotate and localise the finite points.
 
-        :return: ``(work, index, cols, origin)``: (M, 3) float32 z-up points minus ``origin``,
-            their (M,) indices into ``points``, their colours (or None), and the (3,) float64
-            z-up origin to add back to positions computed from ``work``.
+        :return: ``(work, index, cols, origin, source_origin)``: (M, 3) float32 z-up points
+            minus ``origin``, their (M,) indices into ``points``, their colours (or None), the
+            (3,) float64 z-up origin to add back to positions computed from ``work``, and where
+            the input lies in its own frame (for :func:`_precision_warnings`).
         """
         pts = np.asarray(points)
         if pts.ndim != 2 or pts.shape[1] != 3:
@@ -172,9 +175,16 @@ class Detector:
         if len(index) > self.config.max_points:
             rng = np.random.default_rng(self.config.seed)
             index = np.sort(rng.choice(index, self.config.max_points, replace=False))
+        if cols is not None and self.config.use_colors:
+            cols = cols[index]
+        else:
+            cols = None
+        zup = pts if len(index) == len(pts) else pts[index]
+        if transform is not None:
+            work, origin, source = self._localise_moved(zup, transform)
+            return work, index, cols, origin, source
         # Rotate and localise before any float32 cast: casting coordinates like 5e6 m would move
         # points by up to 0.25 m.
-        zup = pts if len(index) == len(pts) else pts[index]
         if self.config.up_axis != 'z':
             zup = zup.astype(np.float64) @ up_rotation(self.config.up_axis).T
         origin = local_origin(zup)
@@ -187,11 +197,31 @@ class Detector:
         else:
             work = np.ascontiguousarray(zup.astype(np.float64, copy=False) - origin,
                                         dtype=np.float32)
-        if cols is not None and self.config.use_colors:
-            cols = cols[index]
-        else:
-            cols = None
-        return work, index, cols, origin
+        return work, index, cols, origin, origin
+
+    def _localise_moved(self, pts: np.ndarray, transform: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # The points moved by ``transform`` (then rotated to z-up) straight into the float32
+        # working frame (transform_points_local): no float64 copy of the moved cloud. The origin
+        # is local_origin's, from the same fixed-stride sample moved in float64.
+        m = np.asarray(transform, dtype=np.float64)
+        if m.shape != (4, 4) or not np.isfinite(m).all():
+            raise ValueError(f'transform must be a finite (4, 4) matrix, got shape {m.shape}')
+        if self.config.up_axis != 'z':
+            up = np.eye(4)
+            up[:3, :3] = up_rotation(self.config.up_axis)
+            m = up @ m
+        origin = np.zeros(3)
+        if len(pts) == 0:
+            return np.zeros((0, 3), np.float32), origin, origin
+        raw = pts[::max(1, len(pts) // 8192)]
+        sample = transform_points(raw, m)
+        origin[:2] = np.median(sample[:, :2], axis=0)
+        work = transform_points_local(pts, m, origin)
+        if np.abs(work[:, 2]).max() > LOCAL_Z_LIMIT:
+            origin[2] = np.median(sample[:, 2])
+            work = transform_points_local(pts, m, origin)
+        return work, origin, np.median(raw.astype(np.float64), axis=0)
 
     def _fit_box(self, pts: np.ndarray) -> Box3D:
         return fit_oriented_box(pts) if self.config.oriented_boxes else fit_aabb(pts)
@@ -240,8 +270,8 @@ class Detector:
                    for rank, (k, v) in enumerate(extra, start=1))
         return out
 
-    def detect(self, points: np.ndarray, label_set, colors: Optional[np.ndarray] = None
-               ) -> DetectionResult:
+    def detect(self, points: np.ndarray, label_set, colors: Optional[np.ndarray] = None,
+               transform: Optional[np.ndarray] = None) -> DetectionResult:
         """
         Detect objects in a scene cloud.
 
@@ -252,13 +282,20 @@ class Detector:
         :param label_set: Labels from :meth:`encode_labels`.
         :param colors: Optional (N, 3) RGB colours, 0-255, used by the segmentation when
             ``config.use_colors`` (the depth model itself sees geometry only).
+        :param transform: Optional (4, 4) ``T_frame<-points``, e.g. a TF lookup of the target
+            frame from the sensor frame: detect in ``frame`` (whose up axis is
+            ``config.up_axis``) on points given in their own frame. It is applied while the
+            cloud is converted to the float32 working frame, instead of a float64 moved copy of
+            the cloud first (3 vs 12 ms for 260k float32 points, issue 13); boxes come out in
+            ``frame`` and ``point_indices`` still index ``points``.
         :return: Detections by decreasing score and stage timings.
-        :raises ValueError: If ``points`` is not (N, 3) or ``colors`` does not match it.
+        :raises ValueError: If ``points`` is not (N, 3), ``colors`` does not match it or
+            ``transform`` is not a finite (4, 4) matrix.
         :raises TypeError: If ``points`` or ``colors`` is not numeric.
         """
         t_start = time.perf_counter()
         timings = {'segment': 0.0, 'project': 0.0, 'encode': 0.0, 'classify': 0.0}
-        work, index, cols, origin = self._prepare(points, colors)
+        work, index, cols, origin, source_origin = self._prepare(points, colors, transform)
         t0 = time.perf_counter()
         seg = segment_scene(work, self.config.segmentation, seed=self.config.seed, colors=cols)
         clusters = [c for c in seg.clusters if len(c) >= self.config.min_points_per_object]
@@ -283,7 +320,7 @@ class Detector:
         timings['classify'] += 1e3 * (time.perf_counter() - t1)
         timings['total'] = 1e3 * (time.perf_counter() - t_start)
         return DetectionResult(tuple(dets), timings, len(np.asarray(points)), len(seg.clusters),
-                               _precision_warnings(points, origin) + tuple(seg.warnings),
+                               _precision_warnings(points, source_origin) + tuple(seg.warnings),
                                dropped)
 
     def classify_boxes(self, points: np.ndarray, boxes: Sequence[Box3D], label_set
@@ -302,7 +339,7 @@ class Detector:
         :raises ValueError: If ``points`` is not (N, 3).
         :raises TypeError: If ``points`` is not numeric or a box is not a :class:`Box3D`.
         """
-        work, index, _, origin = self._prepare(points, None)
+        work, index, _, origin, _ = self._prepare(points, None)
         for b in boxes:
             if not isinstance(b, Box3D):
                 raise TypeError(f'boxes must be Box3D, got {type(b).__name__}')

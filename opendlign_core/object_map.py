@@ -63,6 +63,7 @@ from scipy.spatial import cKDTree
 
 from opendlign_core.boxes import Box3D, fit_aabb, fit_oriented_box, iou_aligned_matrix
 from opendlign_core.pointcloud import bounds
+from opendlign_core.transforms import transform_points
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:
@@ -346,6 +347,10 @@ class SensorView:
 #: Returns closer to the sensor origin than this are ignored by :class:`SensorView`, metres.
 MIN_RANGE = 1e-3
 
+#: Points of a frame that :meth:`ObjectMap.update_from_frame` bins into its
+#: :class:`SensorView` (a fixed stride; the default of :meth:`SensorView.from_cloud`).
+VIEW_MAX_POINTS = 16384
+
 
 def _bins(d: np.ndarray, bin_deg: float, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     # Column by column: NumPy's row-wise reductions of (N, 3) arrays are slow.
@@ -434,8 +439,9 @@ class _Track:
         self._tree = None
 
 
-def observations_from_result(result, points: np.ndarray,
-                             max_points: Optional[int] = None) -> list[Observation]:
+def observations_from_result(result, points: np.ndarray, max_points: Optional[int] = None,
+                             map_from_points: Optional[np.ndarray] = None
+                             ) -> list[Observation]:
     """
     Turn a :class:`~opendlign_core.detection.DetectionResult` into observations.
 
@@ -443,13 +449,16 @@ def observations_from_result(result, points: np.ndarray,
     ``points[det.point_indices]``.
 
     :param result: The detector's result on ``points``.
-    :param points: (N, 3) metres, the cloud given to the detector, already in the map frame.
+    :param points: (N, 3) metres, the cloud given to the detector: in the map frame, or in
+        its own frame with ``map_from_points``.
     :param max_points: Keep at most about this many points per object (a fixed stride over its
         indices; pass ``ObjectMapConfig.max_points_per_observation``, which the map would
         apply anyway, to skip copying points it drops); None keeps all.
+    :param map_from_points: Optional (4, 4) transform of ``points`` into the map frame (the
+        ``transform`` given to ``Detector.detect``); only the kept points are moved.
     :return: The observations, in detection order.
-    :raises ValueError: If ``points`` is not (N, 3), an index is out of range, or a detection
-        has no ``view_features``.
+    :raises ValueError: If ``points`` is not (N, 3), an index is out of range, a detection
+        has no ``view_features`` or ``map_from_points`` is not a finite (4, 4) matrix.
     """
     pts = np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] != 3:
@@ -467,7 +476,9 @@ def observations_from_result(result, points: np.ndarray,
             idx = idx[::math.ceil(len(idx) / max_points)]
         if len(idx) and (idx.min() < 0 or idx.max() >= len(pts)):
             raise ValueError(f'detection {i} indexes points outside the given {len(pts)}')
-        out.append(Observation(det.box, pts[idx], det.view_features))
+        kept = pts[idx] if map_from_points is None else transform_points(pts[idx],
+                                                                           map_from_points)
+        out.append(Observation(det.box, kept, det.view_features))
     return out
 
 
@@ -597,28 +608,39 @@ class ObjectMap:
         with self._lock:
             return self._update(obs, clouds, stamp, view)
 
-    def update_from_frame(self, result, points_map: np.ndarray, map_from_sensor: np.ndarray,
-                          stamp: float) -> MapUpdate:
+    def update_from_frame(self, result, points: np.ndarray, map_from_sensor: np.ndarray,
+                          stamp: float, points_in_sensor_frame: bool = False) -> MapUpdate:
         """
         Fuse one frame's detections: observations, the sensor's view and :meth:`update` at once.
 
         The one call a ROS node makes per processed cloud.
 
         :param result: The :class:`~opendlign_core.detection.DetectionResult` of
-            ``Detector.detect`` on ``points_map``.
-        :param points_map: (N, 3) the frame's points in the map frame (+z up), metres.
+            ``Detector.detect`` on ``points`` (its boxes in the map frame).
+        :param points: (N, 3) the frame's points, metres: in the map frame (+z up), or in the
+            sensor frame with ``points_in_sensor_frame`` (the cloud as received, detected with
+            ``transform=map_from_sensor``), of which only the points the map uses (the view's
+            sample and the objects' points) are moved into the map frame.
         :param map_from_sensor: (4, 4) pose of the sensor in the map frame (its translation is
             the origin of the frame's range image).
         :param stamp: Frame time, seconds.
+        :param points_in_sensor_frame: Whether ``points`` are in the sensor frame.
         :return: Matched, created, removed and merged ids.
         :raises ValueError: On a bad shape, pose or stamp.
         """
         pose = np.asarray(map_from_sensor, dtype=np.float64)
         if pose.shape != (4, 4):
             raise ValueError(f'map_from_sensor must be a (4, 4) matrix, got shape {pose.shape}')
-        view = SensorView.from_cloud(points_map, pose[:3, 3], pose)
+        pts = np.asarray(points)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise ValueError(f'points must have shape (N, 3), got {pts.shape}')
+        sample = pts[::max(1, math.ceil(len(pts) / VIEW_MAX_POINTS))]
+        if points_in_sensor_frame:
+            sample = transform_points(sample, pose)
+        view = SensorView.from_cloud(sample, pose[:3, 3], pose, max_points=VIEW_MAX_POINTS)
         return self.update(observations_from_result(
-            result, points_map, self.config.max_points_per_observation), stamp, view)
+            result, pts, self.config.max_points_per_observation,
+            pose if points_in_sensor_frame else None), stamp, view)
 
     def _update(self, obs: list[Observation], clouds: list[np.ndarray], stamp: float,
                 view: Optional[SensorView]) -> MapUpdate:

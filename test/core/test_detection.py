@@ -447,3 +447,52 @@ def test_float32_cloud_far_from_the_origin_is_reported():
     assert _precision_warnings(far, far[0]) == ()                        # float64: exact
     near = np.array([[1000.0, 2000.0, 0.0]], np.float32)                 # spacing 2.4e-4 m
     assert _precision_warnings(near, near[0].astype(np.float64)) == ()
+
+
+def _camera_pose(translation):
+    # A tilted optical-frame camera (+z forward, +y down) looking 30 degrees below horizontal.
+    from scipy.spatial.transform import Rotation
+    pose = np.eye(4)
+    pose[:3, :3] = (Rotation.from_euler('y', 30, degrees=True).as_matrix()
+                    @ np.array([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]]))
+    pose[:3, 3] = translation
+    return pose
+
+
+@pytest.mark.parametrize('translation', [[0.5, -1.0, 1.2], [512345.678, -4987654.321, 2500.0]],
+                         ids=['room', 'utm_high_altitude'])
+def test_transform_detects_sensor_frame_points_in_the_target_frame(translation):
+    from opendlign_core.transforms import invert_transform, transform_points
+    pts, _ = _scene()
+    map_from_camera = _camera_pose(translation)
+    scene_map = pts.astype(np.float64) + map_from_camera[:3, 3]
+    camera = transform_points(scene_map, invert_transform(map_from_camera)).astype(np.float32)
+    det = Detector(StubClassifier(), DetectorConfig())
+    labels = det.encode_labels(['tall', 'flat'])
+    reference = _boxes(det.detect(pts, labels))
+    res = det.detect(camera, labels, transform=map_from_camera)
+    _assert_same_boxes(_boxes(res), reference, map_from_camera[:3, 3])
+    moved_first = det.detect(transform_points(camera, map_from_camera), labels)
+    assert [(d.label, tuple(d.point_indices)) for d in res.detections] == [
+        (d.label, tuple(d.point_indices)) for d in moved_first.detections]
+    # The precision check looks at the input in its own frame: a camera-frame float32 cloud
+    # is precise wherever the camera is.
+    assert res.warnings == ()
+
+
+def test_transform_combines_with_up_axis_and_is_checked():
+    pts, _ = _scene()
+    det = Detector(StubClassifier(), DetectorConfig())
+    labels = det.encode_labels(['tall', 'flat'])
+    reference = _boxes(det.detect(pts, labels))
+    # Target frame y-up (x, z, -y), reached from the points' frame by a 3 m shift along x.
+    shift = np.eye(4)
+    shift[0, 3] = 3.0
+    y_up = np.c_[pts[:, 0] - 3.0, pts[:, 2], -pts[:, 1]].astype(np.float32)
+    res = Detector(StubClassifier(), DetectorConfig(up_axis='y')).detect(
+        y_up, labels, transform=shift)
+    _assert_same_boxes(_boxes(res), reference, np.zeros(3))
+    for bad in (np.eye(3), np.full((4, 4), np.nan)):
+        with pytest.raises(ValueError, match=r'transform must be a finite \(4, 4\) matrix'):
+            det.detect(pts, labels, transform=bad)
+    assert det.detect(np.zeros((0, 3), np.float32), labels, transform=shift).detections == ()

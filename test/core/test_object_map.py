@@ -412,3 +412,34 @@ def test_update_from_frame_is_observations_view_and_update_in_one_call():
     assert [o.box for o in one.objects(False)] == [o.box for o in two.objects(False)]
     with pytest.raises(ValueError, match=r'map_from_sensor must be a \(4, 4\) matrix'):
         one.update_from_frame(result, frame, np.eye(3), 2.0)
+
+
+def test_update_from_frame_takes_sensor_frame_points_with_the_pose():
+    from scipy.spatial.transform import Rotation
+
+    from opendlign_core.detection import Detection, DetectionResult
+    from opendlign_core.transforms import invert_transform, transform_points
+
+    box_pts = np.concatenate(list(_cuboid_faces([2.0, -0.2, 0.0], [2.4, 0.2, 0.5]).values()))
+    frame_map = np.concatenate([box_pts, _wall(4.0)])
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_euler('zyx', [20, -15, 5], degrees=True).as_matrix()
+    pose[:3, 3] = [0.3, -0.4, 1.1]
+    frame_sensor = transform_points(frame_map, invert_transform(pose)).astype(np.float32)
+    feats = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    det = Detection('a', 0.9, fit_aabb(box_pts), np.arange(len(box_pts)), (('a', 0.9),), 0.9,
+                    view_features=feats)
+    result = DetectionResult((det,))
+    in_map, in_sensor = ObjectMap(StubScorer(), LABELS), ObjectMap(StubScorer(), LABELS)
+    assert in_map.update_from_frame(result, frame_map, pose, 1.0).created == ('obj_1',)
+    assert in_sensor.update_from_frame(result, frame_sensor, pose, 1.0,
+                                       points_in_sensor_frame=True).created == ('obj_1',)
+    a, b = in_map.objects(False)[0], in_sensor.objects(False)[0]
+    np.testing.assert_allclose(b.box.center, a.box.center, atol=1e-5)
+    np.testing.assert_allclose(b.box.size, a.box.size, atol=1e-5)
+    # The observation's points were moved into the map frame (the box spans x 2.0-2.4).
+    obs = observations_from_result(result, frame_sensor, map_from_points=pose)
+    np.testing.assert_allclose(fit_aabb(obs[0].points).center, [2.2, 0.0, 0.25], atol=1e-5)
+    with pytest.raises(ValueError, match=r'points must have shape \(N, 3\)'):
+        in_sensor.update_from_frame(result, frame_sensor[:, :2], pose, 2.0,
+                                    points_in_sensor_frame=True)

@@ -204,3 +204,34 @@ def test_bad_buffer_settings_and_points_are_rejected():
         transform_points(np.zeros((2, 3)), np.eye(3))
     with pytest.raises(ValueError, match='timeout_s'):
         TransformBuffer().wait_for('a', 'b', 0, -1.0)
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_transform_points_local_matches_the_float64_path(dtype):
+    from opendlign_core.transforms import transform_points_local
+    rng = np.random.default_rng(3)
+    pts = (rng.normal(size=(5000, 3)) * 4).astype(dtype)
+    t = matrix_from_pose([512345.678, -4987654.321, 2500.0], [0.1, -0.3, 0.2, 0.927])
+    origin = np.array([512340.0, -4987650.0, 2500.5])
+    got = transform_points_local(pts, t, origin)
+    assert got.dtype == np.float32 and got.flags['C_CONTIGUOUS'] and got.shape == (5000, 3)
+    want = transform_points(pts, t) - origin
+    # A few float32 spacings of the input's magnitude (~20 m), not of the 5e6 m translation.
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+    # Hand-computed: a quarter turn about z, then shift by (10, 20, 30), minus (9, 19, 29).
+    quarter = np.eye(4)
+    quarter[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+    quarter[:3, 3] = [10, 20, 30]
+    np.testing.assert_array_equal(
+        transform_points_local(np.array([[1.0, 2.0, 3.0]], dtype), quarter, [9, 19, 29]),
+        [[-1.0, 2.0, 4.0]])
+
+
+def test_transform_points_local_errors():
+    from opendlign_core.transforms import transform_points_local
+    with pytest.raises(ValueError, match='origin must be 3 finite values'):
+        transform_points_local(np.zeros((2, 3)), np.eye(4), [0, np.nan, 0])
+    with pytest.raises(ValueError, match=r'points must have shape \(N, 3\)'):
+        transform_points_local(np.zeros((2, 2)), np.eye(4), np.zeros(3))
+    with pytest.raises(TypeError, match='real-valued'):
+        transform_points_local(np.zeros((2, 3), bool), np.eye(4), np.zeros(3))
