@@ -23,18 +23,20 @@ Topics and services (relative, so namespaces and remapping apply):
 * ``diagnostics`` (pub, ``diagnostic_msgs/DiagnosticArray``): per-stage latency, counters,
   segmentation warnings and dropped-cluster counts.
 
-Frames: with ``target_frame`` set, each cloud is transformed (float64) into it at the cloud's
-stamp before detection; a cloud whose transform does not arrive within ``transform_timeout`` is
-dropped and counted as ``no_transform``, never processed in another frame. The core detects in a
+Frames: with ``target_frame`` set, each cloud is transformed into it at the cloud's stamp (the
+detector applies the looked-up transform while it converts the cloud to its local float32
+working frame; ``transform_ms`` on diagnostics is the lookup); a cloud whose transform does not
+arrive within ``transform_timeout`` is dropped and counted as ``no_transform``, never processed
+in another frame. The core detects in a
 +z-up frame (``up_axis``); every published box is rotated back, centre and full orientation, into
 the frame its header names.
 
 Threading: the subscription callback only stores the newest cloud (counting the one it replaces
-as superseded) and wakes the inference callback, which runs in its own mutually exclusive
-callback group on a :class:`MultiThreadedExecutor`; parameter services, the TF subscriptions and
-the clear service stay responsive during inference and while inference waits for a transform. A
+as superseded) and wakes the node's own inference thread, so the executor (single-threaded in
+:func:`main`) never runs inference: parameter services, the TF subscriptions and the clear
+service stay responsive during inference and while inference waits for a transform. A
 ``labels`` change is validated in the on-set callback without side effects, then its text
-embeddings are built in a third callback group and the label-set reference is swapped in one
+embeddings are built on a label thread and the label-set reference is swapped in one
 assignment: each detection reads the reference once, so it never mixes two label sets. The
 object map is updated on its own worker thread once a cloud's detections are out, in cloud order,
 overlapping the next cloud's decoding and segmentation (at most :data:`MAP_BACKLOG` updates
@@ -57,7 +59,7 @@ import rclpy
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -68,12 +70,10 @@ from vision_msgs.msg import Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 from opendlign_core.pointcloud import up_rotation
-from opendlign_core.transforms import TransformError, normalize_frame_id, transform_points
+from opendlign_core.transforms import TransformError, normalize_frame_id
 from opendlign_ros import conversions, params, tf_listener
 
 NODE_NAME = 'opendlign'
-#: Executor threads: cloud intake, inference, label building, TF, services/parameters.
-NUM_THREADS = 5
 #: ``VisionClass.class_id`` of the "unknown" outcome (vision_msgs' UNLABELED).
 UNLABELED_ID = 65535
 #: Object-map updates that may wait for the map worker before inference waits for them.
@@ -180,9 +180,7 @@ class DetectorNode(Node):
             self._zup_from_frame[:3, :3] = up_rotation(up_axis)
             self._frame_from_zup = self._zup_from_frame.T.copy()
 
-        self._inference_group = MutuallyExclusiveCallbackGroup()
         self._intake_group = MutuallyExclusiveCallbackGroup()
-        self._labels_group = MutuallyExclusiveCallbackGroup()
         self._tf_group = MutuallyExclusiveCallbackGroup()
         self._transforms: Any = None
         if self._target_frame:
@@ -200,10 +198,16 @@ class DetectorNode(Node):
                                          self._settings.object_map)
             self._map_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='object_map')
 
-        self._inference_wake = self.create_guard_condition(
-            self._on_inference, callback_group=self._inference_group)
-        self._labels_wake = self.create_guard_condition(
-            self._on_labels_requested, callback_group=self._labels_group)
+        # Inference and label building run on the node's own threads, not as executor
+        # callbacks: rclpy's MultiThreadedExecutor hands callbacks to its pool with a delay
+        # (a 4 MB cloud echoed back: 51 ms round trip vs 8 ms with a single-threaded executor,
+        # both with the node's 0.5 ms GIL switch interval), and a single-threaded executor
+        # must not be blocked by them (TF would stop while inference waits for a transform).
+        self._stopping = False
+        self._cloud_ready = threading.Condition(self._lock)
+        self._labels_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='labels')
+        self._inference_thread = threading.Thread(target=self._inference_loop,
+                                                  name='inference', daemon=True)
 
         self._detections_pub = self.create_publisher(Detection3DArray, 'detections', 10)
         self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
@@ -231,6 +235,7 @@ class DetectorNode(Node):
             f'publishing in {frame}, object map '
             f'{"on" if self._object_map is not None else "off"}, '
             f'listening on {self._cloud_sub.topic_name}')
+        self._inference_thread.start()
 
     @property
     def labels(self) -> Sequence[str]:
@@ -273,7 +278,13 @@ class DetectorNode(Node):
             future.exception(timeout=left)
 
     def destroy_node(self) -> None:
-        """Finish the queued object-map updates, stop the TF listener, destroy the node."""
+        """Finish the current cloud and queued label/map work, stop TF, destroy the node."""
+        with self._lock:
+            self._stopping = True
+            self._cloud_ready.notify_all()
+        if self._inference_thread.is_alive():
+            self._inference_thread.join()
+        self._labels_worker.shutdown(wait=True)
         if self._map_worker is not None:
             self._map_worker.shutdown(wait=True)
             self._map_worker = None
@@ -289,16 +300,24 @@ class DetectorNode(Node):
                 self._counters.superseded += 1
             self._latest = msg
             self._latest_received = time.monotonic()
-        self._inference_wake.trigger()
+            self._cloud_ready.notify()
 
-    def _on_inference(self) -> None:
+    def _inference_loop(self) -> None:
+        # The inference thread: the newest cloud, one at a time, until destroy_node().
         while True:
             with self._lock:
+                while self._latest is None and not self._stopping:
+                    self._cloud_ready.wait()
+                if self._stopping:
+                    return
                 msg, received = self._latest, self._latest_received
                 self._latest = None
-            if msg is None:
-                return
-            self._process(msg, received)
+            try:
+                self._process(msg, received)
+            except Exception as e:  # noqa: BLE001 - the thread must outlive any one cloud
+                if self._stopping or not self.context.ok():
+                    return
+                self._drop('failed', f'cloud dropped: {type(e).__name__}: {e}')
 
     def _process(self, msg: PointCloud2, received: float) -> None:
         start = time.perf_counter()
@@ -337,11 +356,13 @@ class DetectorNode(Node):
                            f'cloud dropped: no transform from [{cloud_frame}] to '
                            f'[{self._target_frame}] at {stamp.sec}.{stamp.nanosec:09d}: {e}')
                 return
-            points = transform_points(points, sensor_pose)
             timings['transform'] = (time.perf_counter() - t0) * 1e3
         label_set = self._label_set
         try:
-            result = self._detector.detect(points, label_set, colors=colors)
+            # The cloud is moved into target_frame inside the detector, on its way to the
+            # float32 working frame (no float64 moved copy of the cloud).
+            result = self._detector.detect(points, label_set, colors=colors,
+                                           transform=sensor_pose if self._target_frame else None)
         except Exception as e:  # noqa: BLE001 - one bad cloud must not stop the executor
             self._drop('failed', f'detection failed, cloud dropped: {type(e).__name__}: {e}')
             return
@@ -430,14 +451,14 @@ class DetectorNode(Node):
                     'sensor)')
                 self._object_map.clear()
             self._map_frame = header.frame_id
-        # The map works in the detector's +z-up version of the map frame.
-        points_map = points
+        # The map works in the detector's +z-up version of the map frame; ``points`` are the
+        # cloud as received (sensor frame), of which the map moves only what it keeps.
         map_from_sensor = sensor_pose
         if self._zup_from_frame is not None:
-            points_map = transform_points(points, self._zup_from_frame)
             map_from_sensor = self._zup_from_frame @ sensor_pose
-        self._object_map.update_from_frame(result, points_map, map_from_sensor,
-                                           tf_listener.stamp_ns(header.stamp) * 1e-9)
+        self._object_map.update_from_frame(result, points, map_from_sensor,
+                                           tf_listener.stamp_ns(header.stamp) * 1e-9,
+                                           points_in_sensor_frame=True)
         return self._publish_objects(header)
 
     def _publish_objects(self, header: Header) -> int:
@@ -483,7 +504,7 @@ class DetectorNode(Node):
             if parameter.name == params.LABELS:
                 with self._lock:
                     self._pending_labels = list(parameter.value)
-                self._labels_wake.trigger()
+                self._labels_worker.submit(self._on_labels_requested)
 
     def _on_labels_requested(self) -> None:
         with self._lock:
@@ -609,7 +630,7 @@ def main(args: Optional[List[str]] = None) -> int:
             rclpy.logging.get_logger(NODE_NAME).fatal(
                 f'cannot start: {type(e).__name__}: {e}')
             return 1
-        executor = MultiThreadedExecutor(num_threads=NUM_THREADS)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         # spin() waits without a timeout; a shutdown whose wake-up the wait missed then left
         # the process running after SIGTERM (seen once in 5 stops by a user). An empty timer

@@ -32,6 +32,7 @@ from visualization_msgs.msg import MarkerArray
 
 from opendlign_core.boxes import Box3D
 from opendlign_core.pointcloud import to_z_up
+from opendlign_core.transforms import transform_points
 from opendlign_ros import bag_io, conversions
 from opendlign_ros.node import DetectorNode, LabelIds
 from opendlign_ros.tf_listener import TF_STATIC_QOS
@@ -60,11 +61,16 @@ class BoxAllDetector:
     def __init__(self, up_axis='z'):
         self.up_axis = up_axis
         self.calls = []
+        self.transforms = []
 
     def encode_labels(self, labels):
         return LabelSet(labels)
 
-    def detect(self, points, label_set, colors=None):
+    def detect(self, points, label_set, colors=None, transform=None):
+        # Like the core: ``transform`` moves the points into the detection frame first.
+        self.transforms.append(transform)
+        if transform is not None:
+            points = transform_points(points, transform)
         self.calls.append(np.array(points))
         work = to_z_up(np.asarray(points, np.float64), self.up_axis).astype(np.float64)
         box = Box3D(work.mean(axis=0), np.ptp(work, axis=0), YAW)
@@ -180,8 +186,8 @@ def test_cloud_is_detected_in_target_frame_at_its_stamp(make_rig):
     expected = (2 + 2.8 * math.sqrt(0.5), 2 + 2.2 * math.sqrt(0.5), 1.5 - 0.8)
     np.testing.assert_allclose(_position(out.detections[0]), expected, atol=1e-5)
     assert out.detections[0].header.frame_id == 'map'
-    # The detector saw the cloud in the map frame, in float64.
-    assert rig.detector.calls[0].dtype == np.float64
+    # The detector got the optical-frame cloud with the map <- optical transform at 11 s.
+    assert rig.detector.transforms[0].shape == (4, 4)
     np.testing.assert_allclose(rig.detector.calls[0].mean(axis=0), expected, atol=1e-5)
     # up_axis z: the box orientation is the detector's yaw about map +z.
     np.testing.assert_allclose(_rotation(out.detections[0].bbox.center),
@@ -319,8 +325,8 @@ def test_interface_type_hashes_match_upstream(make_rig):
 class WarningDetector(BoxAllDetector):
     """Reports what the segmentation reports (contract F) along with its detection."""
 
-    def detect(self, points, label_set, colors=None):
-        result = super().detect(points, label_set, colors)
+    def detect(self, points, label_set, colors=None, transform=None):
+        result = super().detect(points, label_set, colors, transform)
         return WarnedResult(result.detections, num_points=result.num_points,
                             warnings=('no floor plane found in a room-sized cloud (6.1 x 5.2 m)',),
                             dropped_clusters={'too_small': 12, 'too_large': 1})

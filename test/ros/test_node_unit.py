@@ -41,7 +41,7 @@ class DoubleDetector:
             raise RuntimeError('text encoder exploded')
         return DoubleLabelSet(labels)
 
-    def detect(self, points, label_set, colors=None):
+    def detect(self, points, label_set, colors=None, transform=None):
         self.entered.set()
         self.gate.wait(10)
         self.calls.append((points.copy(), label_set))
