@@ -271,7 +271,7 @@ class SensorView:
         :return: The view.
         :raises ValueError: On a bad shape, a non-finite origin or pose, or a bad bin size.
         """
-        pts = np.asarray(points_map, dtype=np.float64)
+        pts = np.asarray(points_map)
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise ValueError(f'points_map must have shape (N, 3), got {pts.shape}')
         origin = np.asarray(sensor_origin_map, dtype=np.float64).reshape(-1)
@@ -289,7 +289,8 @@ class SensorView:
             raise ValueError(f'bin_deg must be in (0, 45], got {bin_deg!r}')
         if not (isinstance(max_points, int) and max_points >= 1):
             raise ValueError(f'max_points must be an integer >= 1, got {max_points!r}')
-        pts = pts[::max(1, math.ceil(len(pts) / max_points))]
+        # The sample first, then float64: no float64 copy of a whole frame.
+        pts = pts[::max(1, math.ceil(len(pts) / max_points))].astype(np.float64)
         if not np.isfinite(pts).all():
             pts = pts[np.isfinite(pts).all(axis=1)]
         rows, cols = int(math.ceil(180 / bin_deg)), int(math.ceil(360 / bin_deg))
