@@ -18,10 +18,15 @@ Three numbers are put side by side (ScanNet AP rules, axis-aligned IoU,
 - **scene mode**: ``Detector.detect`` on the fused scene cloud (geometry only, like the frames)
   against the scene ground truth.
 
-Also: median frame detection ms vs median map update ms (``observations_from_result`` +
-``SensorView.from_cloud`` + ``ObjectMap.update``) and their ratio; class-agnostic recall@0.25 of
-the best-label boxes (the segmentation's reach, as in ``bench_segmentation.py`` but over the boxes
-the detector reports) and the label accuracy of the objects so found, for frames, map and scene.
+The map is consolidated after each scene's last frame (``ObjectMap.consolidate`` of
+``Detector.detect`` on the map's fused cloud, as ``opendlign bag eval`` has the node do), and
+every ``consolidate_every`` frames when that is set; ``--no-final-consolidation`` scores the
+streaming map alone.
+
+Also: median frame detection ms vs median map update ms (``ObjectMap.update_from_frame``) and
+their ratio, the consolidations' cost; class-agnostic recall@0.25 of the best-label boxes (the
+segmentation's reach, as in ``bench_segmentation.py`` but over the boxes the detector reports)
+and the label accuracy of the objects so found, for frames, map and scene.
 
 Per-frame and scene detections are cached in ``--out`` (``detections_<scene>.pkl``), so map
 settings can be swept without re-running the detector (``--set FIELD=VALUE``). Tune on TRAIN
@@ -78,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--model-name', default=ModelConfig.model_name)
     p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE',
                    help='ObjectMapConfig overrides, e.g. min_observations=3')
+    p.add_argument('--no-final-consolidation', dest='final_consolidation',
+                   action='store_false',
+                   help='score the streaming map as it is after the last frame, without the '
+                   'final ObjectMap.consolidate')
     p.add_argument('--detect-only', action='store_true',
                    help='only run (and cache) the detector')
     p.add_argument('--time-frames', type=int, default=0,
@@ -192,11 +201,11 @@ def _summary(counts: dict) -> dict:
 
 def _interleaved_timing(detector, labels, scene_dir: Path, map_config, num: int) -> dict:
     # Detection and map update of each frame timed back to back, so both see the same load.
-    from opendlign_core.object_map import ObjectMap, SensorView, observations_from_result
+    from opendlign_core.object_map import ObjectMap
 
     scene = read_scannet_scene(scene_dir)
     omap = ObjectMap(detector.classifier, labels, map_config)
-    det_ms, upd_ms = [], []
+    det_ms, upd_ms, con_ms = [], [], []
     for i, frame in enumerate(read_frames(scene_dir)):
         if i >= num:
             break
@@ -204,15 +213,21 @@ def _interleaved_timing(detector, labels, scene_dir: Path, map_config, num: int)
         t0 = time.perf_counter()
         res = detector.detect(pts, labels)
         t1 = time.perf_counter()
-        view = SensorView.from_cloud(pts, map_from_camera[:3, 3], map_from_camera)
-        omap.update(observations_from_result(res, pts, map_config.max_points_per_observation),
-                    i * FRAME_PERIOD_S, view)
+        omap.update_from_frame(res, pts, map_from_camera, i * FRAME_PERIOD_S)
         t2 = time.perf_counter()
+        if omap.consolidation_due():
+            fused = omap.fused_cloud()
+            omap.consolidate(detector.detect(fused, labels), fused, i * FRAME_PERIOD_S)
+        t3 = time.perf_counter()
         det_ms.append(1e3 * (t1 - t0))
         upd_ms.append(1e3 * (t2 - t1))
+        con_ms.append(1e3 * (t3 - t2))
     ratios = np.array(upd_ms) / np.array(det_ms)
     return {'frames': len(det_ms), 'detect_ms': float(np.median(det_ms)),
-            'update_ms': float(np.median(upd_ms)), 'ratio': float(np.median(ratios))}
+            'update_ms': float(np.median(upd_ms)), 'ratio': float(np.median(ratios)),
+            'consolidate_ms_total': float(np.sum(con_ms)),
+            'mean_ratio_with_consolidation': float(
+                (np.sum(upd_ms) + np.sum(con_ms)) / np.sum(det_ms))}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -241,12 +256,12 @@ def main(args: argparse.Namespace) -> int:
         print(f'{d.name}: detections ready ({time.perf_counter() - t0:.1f} s)', flush=True)
     if args.detect_only:
         return 0
-    from opendlign_core.object_map import ObjectMap, SensorView, observations_from_result
+    from opendlign_core.object_map import ObjectMap
 
     map_config = _map_config(args.set)
     frame_preds, frame_gts, frame_scene_gts = {}, {}, {}
     map_preds, scene_preds, scene_gts = {}, {}, {}
-    detect_ms, update_ms = [], []
+    detect_ms, update_ms, consolidate_ms, final_ms = [], [], [], []
     reach = {k: {'objects': 0, 'found': 0, 'correct': 0} for k in ('frame', 'map', 'scene')}
     map_stats = []
     for d in scene_dirs:
@@ -263,10 +278,20 @@ def main(args: argparse.Namespace) -> int:
             _reach(frame_preds[key], frame_gts[key], reach['frame'])
             detect_ms.append(fd['ms'])
             t0 = time.perf_counter()
-            obs = observations_from_result(res, pts, map_config.max_points_per_observation)
-            view = SensorView.from_cloud(pts, map_from_camera[:3, 3], map_from_camera)
-            omap.update(obs, stamp=i * FRAME_PERIOD_S, view=view)
+            omap.update_from_frame(res, pts, map_from_camera, i * FRAME_PERIOD_S)
             update_ms.append(1e3 * (time.perf_counter() - t0))
+            if omap.consolidation_due():
+                t0 = time.perf_counter()
+                fused = omap.fused_cloud()
+                omap.consolidate(detector.detect(fused, labels), fused, i * FRAME_PERIOD_S)
+                consolidate_ms.append(1e3 * (time.perf_counter() - t0))
+        if args.final_consolidation:
+            # The map at the end of the recording, refined once more (the node's
+            # ~/consolidate_objects service; bag eval calls it after the last cloud).
+            t0 = time.perf_counter()
+            fused = omap.fused_cloud()
+            omap.consolidate(detector.detect(fused, labels), fused, i * FRAME_PERIOD_S)
+            final_ms.append(1e3 * (time.perf_counter() - t0))
         objs = omap.objects(confirmed_only=True)
         map_stats.append({'confirmed': len(objs), 'all': len(omap.objects(False)),
                           'reclassified': omap.stats.get('reclassified', 0),
@@ -297,6 +322,11 @@ def main(args: argparse.Namespace) -> int:
         'median_frame_detect_ms': med_det, 'median_map_update_ms': med_upd,
         'max_map_update_ms': float(np.max(update_ms)),
         'update_over_detect': med_upd / med_det,
+        'consolidations': len(consolidate_ms),
+        'median_consolidate_ms': float(np.median(consolidate_ms)) if consolidate_ms else 0.0,
+        'consolidate_ms_per_frame': float(np.sum(consolidate_ms)) / max(len(update_ms), 1),
+        'final_consolidation': args.final_consolidation,
+        'median_final_consolidation_ms': float(np.median(final_ms)) if final_ms else 0.0,
         'reach': {k: _summary(v) for k, v in reach.items()},
         'map_objects': map_stats,
     }
@@ -324,14 +354,20 @@ def main(args: argparse.Namespace) -> int:
     lines += ['', f'median frame detection {med_det:.1f} ms (when detected, possibly cached); '
               f'median map update {med_upd:.2f} ms (max {summary["max_map_update_ms"]:.1f} ms); '
               'ratio '
-              f'{100 * summary["update_over_detect"]:.2f} %', '',
+              f'{100 * summary["update_over_detect"]:.2f} %; {len(consolidate_ms)} '
+              f'consolidations, median {summary["median_consolidate_ms"]:.0f} ms, '
+              f'{summary["consolidate_ms_per_frame"]:.1f} ms per frame; final consolidation '
+              f'{"on" if args.final_consolidation else "off"} (median '
+              f'{summary["median_final_consolidation_ms"]:.0f} ms)', '',
               f'targets: {summary["targets"]}', '', f'map config: {asdict(map_config)}']
     if 'interleaved' in summary:
         t = summary['interleaved']
         lines += ['', f'interleaved timing ({t["frames"]} frames of {scene_dirs[0].name}, '
                   f'detection and update back to back): detection median {t["detect_ms"]:.1f} '
                   f'ms, map update median {t["update_ms"]:.2f} ms, ratio '
-                  f'{100 * t["ratio"]:.2f} %']
+                  f'{100 * t["ratio"]:.2f} %; consolidation {t["consolidate_ms_total"]:.0f} ms '
+                  f'in all, update + consolidation / detection (sums) '
+                  f'{100 * t["mean_ratio_with_consolidation"]:.2f} %']
     table = '\n'.join(lines) + '\n'
     (args.out / 'robot_flow.md').write_text(table)
     (args.out / 'robot_flow.json').write_text(json.dumps(summary, indent=1))

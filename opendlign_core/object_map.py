@@ -47,6 +47,16 @@ view or occluded count for nothing, so objects out of view are kept). Every ``me
 updates, objects whose clouds overlap by ``merge_overlap`` or more are merged into the one with
 more observations (the older one on a tie), keeping its id.
 
+**Consolidation** (:meth:`ObjectMap.consolidate`): single frames show fragments of large
+objects, so the map also keeps a fused cloud of its frames (``fused_points_per_frame`` of each,
+merged on a ``fused_voxel_size`` grid). Detecting on that cloud (scene mode on the map's own
+scan) and rebuilding the objects from the detections, with ids kept by overlap, gives whole
+objects and full-object label evidence. On the 10 train scenes: object-map mAP@0.25 29.1 (the
+streaming map alone) -> 39.6 with one consolidation after the last frame, against 36.5 for scene
+mode on the scenes' fused clouds; it costs one scene-mode detection (~0.55 s), so it runs on
+request (the node's ``~/consolidate_objects``, which ``opendlign bag eval`` calls after the last
+cloud) or every ``consolidate_every`` frames.
+
 All public methods take the map's own lock, so one thread may call :meth:`ObjectMap.update`
 while another calls :meth:`ObjectMap.set_label_set` or :meth:`ObjectMap.clear`.
 """
@@ -134,6 +144,19 @@ class ObjectMapConfig:
     max_stored_observations: int = 32
     #: Fit yaw-oriented boxes to the accumulated clouds (else axis-aligned). Default False.
     oriented_boxes: bool = False
+    #: Points of each frame (a fixed stride) that :meth:`ObjectMap.update_from_frame` adds to
+    #: the map's fused cloud, >= 0 (0: no fused cloud, no consolidation). Default 65536.
+    fused_points_per_frame: int = 65536
+    #: Voxel edge of the fused cloud, metres, in (0, 0.2]. Default 0.02.
+    fused_voxel_size: float = 0.02
+    #: Most voxels the fused cloud keeps (a fixed stride thins it beyond), >= 1024. Default
+    #: 500000.
+    max_fused_points: int = 500_000
+    #: :meth:`ObjectMap.consolidation_due` every this many frames, >= 0 (0: only when the
+    #: caller asks, e.g. the node's ``~/consolidate_objects``). Default 0: one consolidation
+    #: costs a scene-mode detection (~0.55 s on 2 cores for a room), so every 50 frames of
+    #: ~0.2 s is already ~5 % of the detection time.
+    consolidate_every: int = 0
     #: Seed of the subsampling random generator. Default 0.
     seed: int = 0
 
@@ -186,6 +209,14 @@ class ObjectMapConfig:
                'max_stored_observations', self.max_stored_observations, 'an integer >= 1')
         _check(isinstance(self.oriented_boxes, bool), 'oriented_boxes', self.oriented_boxes,
                'a bool')
+        _check(whole(self.fused_points_per_frame) and self.fused_points_per_frame >= 0,
+               'fused_points_per_frame', self.fused_points_per_frame, 'an integer >= 0')
+        _check(num(self.fused_voxel_size) and 0 < self.fused_voxel_size <= 0.2,
+               'fused_voxel_size', self.fused_voxel_size, 'in (0, 0.2] metres')
+        _check(whole(self.max_fused_points) and self.max_fused_points >= 1024,
+               'max_fused_points', self.max_fused_points, 'an integer >= 1024')
+        _check(whole(self.consolidate_every) and self.consolidate_every >= 0,
+               'consolidate_every', self.consolidate_every, 'an integer >= 0')
         _check(whole(self.seed) and self.seed >= 0, 'seed', self.seed, 'an integer >= 0')
 
 
@@ -510,7 +541,12 @@ class ObjectMap:
         self._tracks: dict[str, _Track] = {}
         self._updates = 0
         self._rng = np.random.default_rng(config.seed)
-        self._stats = {'created': 0, 'removed': 0, 'merged': 0, 'reclassified': 0}
+        self._stats = {'created': 0, 'removed': 0, 'merged': 0, 'reclassified': 0,
+                       'consolidated': 0}
+        self._fused = np.zeros((0, 3))          # fused-cloud voxel centroids, map frame
+        self._fused_weight = np.zeros(0)        # points behind each centroid
+        self._fused_pending: list[np.ndarray] = []
+        self._frames_since_consolidation = 0
         self._can_reclassify = all(callable(getattr(scorer, n, None))
                                    for n in ('project', 'embed_views'))
 
@@ -538,6 +574,10 @@ class ObjectMap:
         with self._lock:
             self._tracks.clear()
             self._updates = 0
+            self._fused = np.zeros((0, 3))
+            self._fused_weight = np.zeros(0)
+            self._fused_pending = []
+            self._frames_since_consolidation = 0
 
     def set_label_set(self, label_set) -> None:
         """
@@ -639,9 +679,151 @@ class ObjectMap:
         if points_in_sensor_frame:
             sample = transform_points(sample, pose)
         view = SensorView.from_cloud(sample, pose[:3, 3], pose, max_points=VIEW_MAX_POINTS)
-        return self.update(observations_from_result(
+        update = self.update(observations_from_result(
             result, pts, self.config.max_points_per_observation,
             pose if points_in_sensor_frame else None), stamp, view)
+        keep = self.config.fused_points_per_frame
+        if keep and len(pts):
+            fused = pts[::max(1, math.ceil(len(pts) / keep))]
+            fused = (transform_points(fused, pose) if points_in_sensor_frame
+                     else fused.astype(np.float64))
+            if not np.isfinite(fused).all():
+                fused = fused[np.isfinite(fused).all(axis=1)]
+            with self._lock:
+                self._fused_pending.append(fused)
+                self._frames_since_consolidation += 1
+                # Merged at consolidation; before that only when the pending points (float64)
+                # reach 4 x max_fused_points (48 MB at the default), as merging costs ~0.1 s.
+                if (sum(len(f) for f in self._fused_pending)
+                        > 4 * self.config.max_fused_points):
+                    self._compact_fused()
+        return update
+
+    # Consolidation -----------------------------------------------------------------------
+
+    def consolidation_due(self) -> bool:
+        """
+        Tell whether ``consolidate_every`` frames were fused since the last consolidation.
+
+        :return: True when the caller should run :meth:`consolidate` now.
+        """
+        with self._lock:
+            every = self.config.consolidate_every
+            return bool(every) and self._frames_since_consolidation >= every
+
+    def fused_cloud(self) -> np.ndarray:
+        """
+        Return the map's fused cloud: the frames given to :meth:`update_from_frame`, merged.
+
+        :return: (M, 3) float64 voxel centroids (``fused_voxel_size``), map frame, metres; at
+            most ``max_fused_points`` of them.
+        """
+        with self._lock:
+            self._compact_fused()
+            return self._fused.copy()
+
+    def consolidate(self, result, points: np.ndarray, stamp: float) -> MapUpdate:
+        """
+        Rebuild the objects from a detection on the fused cloud (scene mode on the map's cloud).
+
+        Single frames show fragments of large objects; the fused cloud of all frames shows them
+        whole, like a fused scan. Each detection on it (``Detector.detect(fused_cloud())``)
+        becomes one object: it keeps the id of the object whose cloud it overlaps most (a
+        one-to-one assignment on the share of the object's voxels within ``overlap_radius`` of
+        the detection's points, gated by ``min_association_score``), or gets a new id. Its cloud,
+        box and label evidence are the detection's (the features of its views of the whole
+        object, weighted like an observation); it counts as confirmed, and later frames add
+        their observations to it as usual. Objects that no detection takes are removed.
+
+        :param result: ``Detector.detect`` on ``points`` (hypothesis-0 detections with
+            ``view_features``).
+        :param points: (M, 3) the cloud given to the detector (:meth:`fused_cloud`), map frame.
+        :param stamp: Time of the consolidation, seconds (first/last seen of new objects).
+        :return: Kept (as matched), created and removed ids; ``merged`` lists (removed, kept)
+            pairs where a removed object's best detection went to another object.
+        :raises ValueError: On bad points or detections (see :func:`observations_from_result`).
+        """
+        stamp = float(stamp)
+        obs = observations_from_result(result, points, self.config.max_points_per_observation)
+        clouds = [self._downsample(o.points, self.config.max_points_per_observation)
+                  for o in obs]
+        with self._lock:
+            cfg = self.config
+            tracks = list(self._tracks.values())
+            share = np.zeros((len(tracks), len(obs)))
+            if tracks and obs:
+                touch = _boxes_touch([t.box for t in tracks], [o.box for o in obs],
+                                     cfg.overlap_radius)
+                trees: dict[int, cKDTree] = {}
+                for ti, oi in zip(*np.nonzero(touch)):
+                    if oi not in trees:
+                        trees[oi] = _kd_tree(clouds[oi])
+                    share[ti, oi] = _overlap(tracks[ti].cloud, trees[oi], cfg.overlap_radius)
+            feasible = share >= cfg.min_association_score
+            owner: dict[int, _Track] = {}
+            if feasible.any():
+                rows, cols = linear_sum_assignment(np.where(feasible, share, 0.0),
+                                                   maximize=True)
+                owner = {int(c): tracks[r] for r, c in zip(rows, cols) if feasible[r, c]}
+            rebuilt: list[_Track] = []
+            created = []
+            for oi, o in enumerate(obs):
+                cloud = self._cap(clouds[oi])
+                w = self._weight(clouds[oi])
+                old = owner.get(oi)
+                if old is None:
+                    t = _Track(f'obj_{next(self._ids)}', cloud, self._fit(cloud),
+                               w * o.view_features.astype(np.float64), cfg.min_observations,
+                               w, stamp, stamp, len(cloud), self._keep([], o.view_features))
+                    created.append(t.id)
+                    self._stats['created'] += 1
+                else:
+                    t = _Track(old.id, cloud, self._fit(cloud),
+                               w * o.view_features.astype(np.float64),
+                               max(old.num_obs, cfg.min_observations), w, old.first_seen,
+                               old.last_seen, len(cloud), self._keep([], o.view_features))
+                rebuilt.append(t)
+            kept = {t.id for t in rebuilt}
+            removed = [t.id for t in tracks if t.id not in kept]
+            merged = []
+            for ti, t in enumerate(tracks):
+                if t.id in kept or not feasible[ti].any():
+                    continue
+                best = owner.get(int(np.argmax(share[ti])))
+                if best is not None:
+                    merged.append((t.id, best.id))
+            for t, p in zip(rebuilt, self._predict(rebuilt, self._label_set)):
+                t.prediction = p
+            self._tracks = {t.id: t for t in sorted(rebuilt, key=lambda t: _id_number(t.id))}
+            self._stats['removed'] += len(removed)
+            self._stats['consolidated'] += 1
+            self._frames_since_consolidation = 0
+            return MapUpdate(tuple(sorted(kept - set(created), key=_id_number)),
+                             tuple(created), tuple(removed), tuple(merged))
+
+    def _compact_fused(self) -> None:
+        # Merge the pending frame points into the fused voxel centroids (weighted by the points
+        # behind each), on a fixed map-aligned grid. Call with the lock held.
+        if not self._fused_pending:
+            return
+        pts = np.concatenate([self._fused] + self._fused_pending)
+        weight = np.concatenate([self._fused_weight] + [np.ones(len(f))
+                                                        for f in self._fused_pending])
+        self._fused_pending = []
+        if len(pts) == 0:
+            return
+        grid = np.floor(pts / self.config.fused_voxel_size).astype(np.int64)
+        lo, hi = bounds(grid)
+        grid -= lo
+        dims = hi - lo + 1
+        keys = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]
+        _, inverse, _ = np.unique(keys, return_inverse=True, return_counts=True)
+        count = np.bincount(inverse, weights=weight)
+        cent = np.empty((len(count), 3))
+        for d in range(3):
+            cent[:, d] = np.bincount(inverse, weights=weight * pts[:, d]) / count
+        step = max(1, math.ceil(len(cent) / self.config.max_fused_points))
+        self._fused, self._fused_weight = cent[::step], count[::step]
 
     def _update(self, obs: list[Observation], clouds: list[np.ndarray], stamp: float,
                 view: Optional[SensorView]) -> MapUpdate:

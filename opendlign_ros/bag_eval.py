@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 #: Node topics the evaluation listens to (relative, in the node's namespace).
 DETECTIONS = 'detections'
 OBJECTS = 'objects'
+#: The node's map consolidation service, called once after the last cloud.
+CONSOLIDATE_SERVICE = '/opendlign/consolidate_objects'
+#: Longest wait for it, seconds.
+CONSOLIDATE_TIMEOUT_S = 180.0
 DIAGNOSTICS = 'diagnostics'
 THRESHOLDS = (0.25, 0.5)
 #: Node counters of clouds dropped without a detections message.
@@ -418,11 +422,41 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
                     last_objects[0].header.stamp) == last_sent[0], 5.0)
             except TimeoutError:
                 logger.warning('no objects message for the last cloud %s', last_sent[0])
+            _consolidate_map(session, last_objects)
         session.spin_for(0.3)
         if last_diag:
             report.node_counters = dict(conversions.diagnostic_values(last_diag[0]))
     return score_replay(report, out_dir, path, sent, answers, gts, gt_objects,
                         last_objects[0] if last_objects else None, baseline, rate, lockstep)
+
+
+def _consolidate_map(session: RosSession, last_objects: List[Any]) -> None:
+    # The map at the end of the recording, refined once: ~/consolidate_objects (a scene-mode
+    # detection on the map's fused cloud) publishes the rebuilt objects before it answers.
+    from std_srvs.srv import Trigger
+
+    client = session.node.create_client(Trigger, CONSOLIDATE_SERVICE)
+    if not client.wait_for_service(timeout_sec=5.0):
+        logger.warning('%s not available: the object map is scored unconsolidated',
+                       CONSOLIDATE_SERVICE)
+        return
+    count = len(last_objects)
+    future = client.call_async(Trigger.Request())
+    try:
+        response = session.spin_until(lambda: future.done() and future.result(),
+                                      CONSOLIDATE_TIMEOUT_S)
+    except TimeoutError:
+        logger.warning('%s did not answer within %.0f s', CONSOLIDATE_SERVICE,
+                       CONSOLIDATE_TIMEOUT_S)
+        return
+    if not response.success:
+        logger.warning('%s failed: %s', CONSOLIDATE_SERVICE, response.message)
+        return
+    logger.info('%s: %s', CONSOLIDATE_SERVICE, response.message)
+    try:
+        session.spin_until(lambda: len(last_objects) > count, 5.0)
+    except TimeoutError:
+        logger.warning('no objects message after the consolidation')
 
 
 def _drain(session: RosSession, sent: Mapping[str, float],

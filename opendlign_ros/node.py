@@ -20,6 +20,9 @@ Topics and services (relative, so namespaces and remapping apply):
   ``results`` = fused label scores; after each processed cloud (``object_map.enabled``),
   stamped like it, shortly after that cloud's ``detections``.
 * ``~/clear_objects`` (service, ``std_srvs/Trigger``): empty the object map.
+* ``~/consolidate_objects`` (service, ``std_srvs/Trigger``): detect on the map's fused cloud and
+  rebuild the objects from it (:meth:`~opendlign_core.object_map.ObjectMap.consolidate`), then
+  publish ``objects``; also every ``object_map.consolidate_every`` clouds when that is > 0.
 * ``diagnostics`` (pub, ``diagnostic_msgs/DiagnosticArray``): per-stage latency, counters,
   segmentation warnings and dropped-cluster counts.
 
@@ -74,6 +77,8 @@ from opendlign_core.transforms import TransformError, normalize_frame_id
 from opendlign_ros import conversions, params, tf_listener
 
 NODE_NAME = 'opendlign'
+#: Longest wait of ``~/consolidate_objects`` for the map thread, seconds.
+CONSOLIDATE_TIMEOUT_S = 120.0
 #: ``VisionClass.class_id`` of the "unknown" outcome (vision_msgs' UNLABELED).
 UNLABELED_ID = 65535
 #: Object-map updates that may wait for the map worker before inference waits for them.
@@ -217,6 +222,9 @@ class DetectorNode(Node):
         self._objects_markers_pub = self.create_publisher(MarkerArray, 'objects_markers', 10)
         from std_srvs.srv import Trigger
         self._clear_srv = self.create_service(Trigger, '~/clear_objects', self._on_clear_objects)
+        self._consolidate_srv = self.create_service(Trigger, '~/consolidate_objects',
+                                                    self._on_consolidate_objects)
+        self._map_header: Optional[Header] = None
         reliability = (ReliabilityPolicy.BEST_EFFORT if self._shell.input_qos == 'sensor_data'
                        else ReliabilityPolicy.RELIABLE)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
@@ -459,7 +467,48 @@ class DetectorNode(Node):
         self._object_map.update_from_frame(result, points, map_from_sensor,
                                            tf_listener.stamp_ns(header.stamp) * 1e-9,
                                            points_in_sensor_frame=True)
+        self._map_header = header
+        if self._object_map.consolidation_due():
+            self._consolidate()
         return self._publish_objects(header)
+
+    def _consolidate(self) -> int:
+        # Runs on the map thread: scene-mode detection on the fused cloud (+z-up map frame, so
+        # the detector's up_axis rotation is undone by the transform), then the rebuild.
+        fused = self._object_map.fused_cloud()
+        if len(fused) == 0 or self._map_header is None:
+            return len(self._object_map)
+        result = self._detector.detect(fused, self._label_set, transform=self._frame_from_zup)
+        self._object_map.consolidate(result, fused,
+                                     tf_listener.stamp_ns(self._map_header.stamp) * 1e-9)
+        return len(self._object_map.objects(confirmed_only=True))
+
+    def _on_consolidate_objects(self, request: Any, response: Any) -> Any:
+        if self._object_map is None or self._map_worker is None:
+            response.success = False
+            response.message = 'object map is disabled (object_map.enabled is false)'
+            return response
+        start = time.perf_counter()
+
+        def job() -> int:
+            count = self._consolidate()
+            if self._map_header is not None:
+                self._publish_objects(self._map_header)
+            return count
+
+        try:
+            # Queued after the updates of the clouds received so far.
+            count = self._map_worker.submit(job).result(timeout=CONSOLIDATE_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - report it to the caller, keep serving
+            response.success = False
+            response.message = f'consolidation failed: {type(e).__name__}: {e}'
+            self.get_logger().error(response.message)
+            return response
+        response.success = True
+        response.message = (f'consolidated: {count} objects '
+                            f'({(time.perf_counter() - start) * 1e3:.0f} ms)')
+        self.get_logger().info(f'object map: {response.message}')
+        return response
 
     def _publish_objects(self, header: Header) -> int:
         objects = self._object_map.objects(confirmed_only=True)

@@ -443,3 +443,73 @@ def test_update_from_frame_takes_sensor_frame_points_with_the_pose():
     with pytest.raises(ValueError, match=r'points must have shape \(N, 3\)'):
         in_sensor.update_from_frame(result, frame_sensor[:, :2], pose, 2.0,
                                     points_in_sensor_frame=True)
+
+
+def _result(*clouds_and_features):
+    # A DetectionResult over the concatenation of the given clouds, one detection per cloud.
+    from opendlign_core.detection import Detection, DetectionResult
+    dets, start = [], 0
+    for cloud, feature in clouds_and_features:
+        idx = np.arange(start, start + len(cloud))
+        feats = np.array([feature, feature], np.float32)
+        dets.append(Detection('a', 0.9, fit_aabb(cloud), idx, (('a', 0.9),), 0.9,
+                              view_features=feats))
+        start += len(cloud)
+    return DetectionResult(tuple(dets))
+
+
+def test_fused_cloud_merges_the_frames_on_a_fixed_grid():
+    from opendlign_core.detection import DetectionResult
+    cfg = ObjectMapConfig(fused_voxel_size=0.1, consolidate_every=2)
+    omap = ObjectMap(StubScorer(), LABELS, cfg)
+    assert omap.fused_cloud().shape == (0, 3) and not omap.consolidation_due()
+    first = np.array([[0.01, 0.01, 0.01], [0.03, 0.01, 0.01], [0.25, 0.05, 0.05]])
+    second = np.array([[0.05, 0.05, 0.05], [np.nan, 0.0, 0.0]])
+    omap.update_from_frame(DetectionResult(()), first, np.eye(4), 1.0)
+    assert not omap.consolidation_due()
+    # A sensor-frame cloud is moved by the pose: (-0.95, 0.05, 0.05) + (1, 0, 0).
+    pose = np.eye(4)
+    pose[0, 3] = 1.0
+    omap.update_from_frame(DetectionResult(()), second - [1.0, 0, 0], pose, 2.0,
+                           points_in_sensor_frame=True)
+    assert omap.consolidation_due()
+    # Hand-computed: cell (0, 0, 0) holds 3 points, cell (2, 0, 0) one; NaN rows are dropped.
+    np.testing.assert_allclose(omap.fused_cloud(), [[0.03, 0.07 / 3, 0.07 / 3],
+                                                    [0.25, 0.05, 0.05]], atol=1e-12)
+    omap.clear()
+    assert omap.fused_cloud().shape == (0, 3) and not omap.consolidation_due()
+
+
+def test_consolidate_joins_fragments_under_one_id_and_adds_new_objects():
+    faces = _cuboid_faces([1.0, 1.0, 0.0], [2.0, 1.5, 0.6])
+    left = faces['left']                                   # x = 1.0 face
+    right = np.vstack([faces['right'], faces['top'][faces['top'][:, 0] > 1.9]])
+    omap = ObjectMap(StubScorer(), LABELS, ObjectMapConfig(min_observations=2))
+    omap.update([_obs(left)], stamp=1.0)
+    omap.update([_obs(right, (0.0, 1.0))], stamp=2.0)
+    assert [o.id for o in omap.objects(False)] == ['obj_1', 'obj_2']
+    whole = np.vstack(list(faces.values()))
+    shelf = _cuboid_faces([4.0, 0.0, 0.0], [4.4, 0.4, 1.8])
+    shelf = np.vstack(list(shelf.values()))
+    # The fused detection: the whole box (both fragments inside, the left one entirely) and an
+    # object no frame had shown as one.
+    points = np.vstack([whole, shelf])
+    update = omap.consolidate(_result((whole, (1.0, 0.0)), (shelf, (0.0, 1.0))), points, 3.0)
+    assert update.created == ('obj_3',) and update.matched == ('obj_1',)
+    assert update.removed == ('obj_2',) and update.merged == (('obj_2', 'obj_1'),)
+    objs = {o.id: o for o in omap.objects(confirmed_only=True)}
+    assert sorted(objs) == ['obj_1', 'obj_3']
+    np.testing.assert_allclose(objs['obj_1'].box.center, [1.5, 1.25, 0.3], atol=0.02)
+    np.testing.assert_allclose(objs['obj_1'].box.size, [1.0, 0.5, 0.6], atol=0.03)
+    assert objs['obj_1'].label == 'a' and objs['obj_3'].label == 'b'
+    assert objs['obj_1'].first_seen == 1.0 and objs['obj_3'].first_seen == 3.0
+    assert omap.stats['consolidated'] == 1
+    # Later frames associate with the consolidated objects as usual.
+    assert omap.update([_obs(faces['front'])], stamp=4.0).matched == ('obj_1',)
+
+
+def test_fused_cloud_settings_are_validated():
+    for field, value in (('fused_points_per_frame', -1), ('fused_voxel_size', 0.0),
+                         ('max_fused_points', 10), ('consolidate_every', 1.5)):
+        with pytest.raises(ValueError, match=field):
+            ObjectMapConfig(**{field: value})

@@ -43,6 +43,7 @@ class ObjectsRig:
         self.probe.create_subscription(MarkerArray, 'objects_markers', self._keep(self.markers),
                                        50)
         self.clear = self.probe.create_client(Trigger, '/opendlign/clear_objects')
+        self.consolidate = self.probe.create_client(Trigger, '/opendlign/consolidate_objects')
         self.executor = MultiThreadedExecutor(num_threads=6, context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
@@ -118,6 +119,17 @@ def test_objects_keep_their_ids_over_frames_and_clear_empties_the_map(rig):
     for det in relabelled.detections:
         assert {r.hypothesis.class_id for r in det.results} == {'lamp', 'sofa'}
 
+    # Consolidation: scene-mode detection on the map's fused cloud keeps the two objects and
+    # their ids, and publishes the rebuilt map.
+    count = len(rig.objects)
+    future = rig.consolidate.call_async(Trigger.Request())
+    response = wait_until(lambda: future.done() and future.result(), 60)
+    assert response.success and response.message.startswith('consolidated: 2 objects')
+    rebuilt = wait_until(lambda: len(rig.objects) > count and rig.objects[-1], 10)
+    assert sorted(d.id for d in rebuilt.detections) == ids
+    for centre in BOX_CENTRES:
+        assert np.min(np.linalg.norm(_centres(rebuilt) - centre, axis=1)) < 0.05
+
     assert rig.clear.wait_for_service(timeout_sec=10)
     future = rig.clear.call_async(Trigger.Request())
     response = wait_until(lambda: future.done() and future.result(), 10)
@@ -147,6 +159,15 @@ def test_objects_of_a_y_down_cloud_are_published_in_its_frame():
             np.testing.assert_allclose(
                 Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()[:, 2], (0, -1, 0),
                 atol=1e-9)
+        # Consolidation detects on the fused cloud, which the map keeps z-up: still the same
+        # two boxes in the cloud's frame.
+        count = len(rig.objects)
+        future = rig.consolidate.call_async(Trigger.Request())
+        assert wait_until(lambda: future.done() and future.result(), 60).success
+        rebuilt = wait_until(lambda: len(rig.objects) > count and rig.objects[-1], 10)
+        assert rebuilt.header.frame_id == 'camera_optical' and len(rebuilt.detections) == 2
+        for centre in expected:
+            assert np.min(np.linalg.norm(_centres(rebuilt) - centre, axis=1)) < 0.05
     finally:
         rig.close()
 
