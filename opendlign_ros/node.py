@@ -469,7 +469,12 @@ class DetectorNode(Node):
                                            points_in_sensor_frame=True)
         self._map_header = header
         if self._object_map.consolidation_due():
-            self._consolidate()
+            try:
+                self._consolidate()
+            except Exception as e:  # noqa: BLE001 - the streaming map is still good
+                self.get_logger().error(f'object map consolidation failed: '
+                                        f'{type(e).__name__}: {e}',
+                                        throttle_duration_sec=self._throttle())
         return self._publish_objects(header)
 
     def _consolidate(self) -> int:
@@ -477,7 +482,7 @@ class DetectorNode(Node):
         # the detector's up_axis rotation is undone by the transform), then the rebuild.
         fused = self._object_map.fused_cloud()
         if len(fused) == 0 or self._map_header is None:
-            return len(self._object_map)
+            return len(self._object_map.objects(confirmed_only=True))
         result = self._detector.detect(fused, self._label_set, transform=self._frame_from_zup)
         self._object_map.consolidate(result, fused,
                                      tf_listener.stamp_ns(self._map_header.stamp) * 1e-9)
