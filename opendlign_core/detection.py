@@ -204,9 +204,14 @@ class Detector:
         # The points moved by ``transform`` (then rotated to z-up) straight into the float32
         # working frame (transform_points_local): no float64 copy of the moved cloud. The origin
         # is local_origin's, from the same fixed-stride sample moved in float64.
-        m = np.asarray(transform, dtype=np.float64)
-        if m.shape != (4, 4) or not np.isfinite(m).all():
+        try:
+            m = np.asarray(transform, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f'transform must be a finite (4, 4) matrix: {e}') from e
+        if m.shape != (4, 4):
             raise ValueError(f'transform must be a finite (4, 4) matrix, got shape {m.shape}')
+        if not np.isfinite(m).all():
+            raise ValueError('transform must be a finite (4, 4) matrix, got non-finite entries')
         if self.config.up_axis != 'z':
             up = np.eye(4)
             up[:3, :3] = up_rotation(self.config.up_axis)

@@ -217,6 +217,9 @@ class ObjectMapConfig:
                'max_fused_points', self.max_fused_points, 'an integer >= 1024')
         _check(whole(self.consolidate_every) and self.consolidate_every >= 0,
                'consolidate_every', self.consolidate_every, 'an integer >= 0')
+        _check(self.consolidate_every == 0 or self.fused_points_per_frame > 0,
+               'consolidate_every', self.consolidate_every,
+               '0 when fused_points_per_frame is 0 (no fused cloud to consolidate)')
         _check(whole(self.seed) and self.seed >= 0, 'seed', self.seed, 'an integer >= 0')
 
 
@@ -741,9 +744,20 @@ class ObjectMap:
         :param stamp: Time of the consolidation, seconds (first/last seen of new objects).
         :return: Kept (as matched), created and removed ids; ``merged`` lists (removed, kept)
             pairs where a removed object's best detection went to another object.
-        :raises ValueError: On bad points or detections (see :func:`observations_from_result`).
+        :raises ValueError: On bad points or detections (see :func:`observations_from_result`),
+            or a non-finite ``stamp``.
+        :raises TypeError: If ``stamp`` is not a number.
+
+        :meth:`fused_cloud`, the detection and this call are not one atomic step: frames fused
+        in between would lose their objects. Make them from the thread that feeds the map (the
+        node's map thread does all three).
         """
-        stamp = float(stamp)
+        try:
+            stamp = float(stamp)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f'stamp must be a number of seconds, got {stamp!r}') from e
+        if not math.isfinite(stamp):
+            raise ValueError(f'stamp must be finite, got {stamp}')
         obs = observations_from_result(result, points, self.config.max_points_per_observation)
         clouds = [self._downsample(o.points, self.config.max_points_per_observation)
                   for o in obs]

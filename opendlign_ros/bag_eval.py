@@ -74,6 +74,11 @@ class EvalReport:
     object_mean_ap: Dict[str, float] = field(default_factory=dict)
     #: Objects in the last ``objects`` message (``None``: no message received).
     objects: Optional[int] = None
+    #: Whether that message is the map rebuilt by ``~/consolidate_objects`` after the last
+    #: cloud (False: the streaming map; the reason is in :attr:`consolidation`).
+    consolidated: bool = False
+    #: What the consolidation request gave (the node's answer, or why it was not asked).
+    consolidation: str = ''
     #: ``header.frame_id`` values of the answered clouds' detections (sorted, distinct).
     detection_frames: List[str] = field(default_factory=list)
     markdown: str = ''
@@ -209,7 +214,9 @@ def score_replay(report: EvalReport, out_dir: Path, bag_path: Path,
         report.object_mean_ap = {f'AP{int(t * 100)}': result.mean_ap[t]
                                  for t in result.thresholds}
         got = ('no `objects` message received' if objects_msg is None
-               else f'{len(object_preds)} objects in the last `objects` message')
+               else f'{len(object_preds)} objects in the last `objects` message, '
+               + ('consolidated after the last cloud' if report.consolidated
+                  else f'not consolidated ({report.consolidation})'))
         lines += ['', f'## Object-map AP (axis-aligned IoU, percent; {got}, against the '
                   f'{len(gt_objects)} objects of the scenes)', '',
                   det_eval.format_markdown(result)]
@@ -228,7 +235,9 @@ def score_replay(report: EvalReport, out_dir: Path, bag_path: Path,
         'latency_ms': pct, 'node_counters': report.node_counters,
         'replay_counters': report.replay_counters, 'ap': report.ap,
         'mean_ap': report.mean_ap, 'object_map': None if gt_objects is None else {
-            'objects': report.objects, 'gt_objects': len(gt_objects), 'ap': report.object_ap,
+            'objects': report.objects, 'gt_objects': len(gt_objects),
+            'consolidated': report.consolidated, 'consolidation': report.consolidation,
+            'ap': report.object_ap,
             'mean_ap': report.object_mean_ap}}, indent=2, allow_nan=True))
     (out_dir / 'detections.json').write_text(json.dumps(
         {key: _boxes_json(boxes) for key, boxes in sorted(preds.items())}, indent=1))
@@ -422,7 +431,7 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
                     last_objects[0].header.stamp) == last_sent[0], 5.0)
             except TimeoutError:
                 logger.warning('no objects message for the last cloud %s', last_sent[0])
-            _consolidate_map(session, last_objects)
+            report.consolidated, report.consolidation = _consolidate_map(session, last_objects)
         session.spin_for(0.3)
         if last_diag:
             report.node_counters = dict(conversions.diagnostic_values(last_diag[0]))
@@ -430,33 +439,34 @@ def evaluate_bag(path: Path, out_dir: Path, params_file: Optional[Path] = None,
                         last_objects[0] if last_objects else None, baseline, rate, lockstep)
 
 
-def _consolidate_map(session: RosSession, last_objects: List[Any]) -> None:
-    # The map at the end of the recording, refined once: ~/consolidate_objects (a scene-mode
-    # detection on the map's fused cloud) publishes the rebuilt objects before it answers.
+def _consolidate_map(session: RosSession, last_objects: List[Any]) -> Tuple[bool, str]:
+    # The map at the end of the recording, refined once: ~/consolidate_objects queues a
+    # scene-mode detection on the map's fused cloud and publishes the rebuilt objects.
+    # Returns (consolidated, what happened).
     from std_srvs.srv import Trigger
 
     client = session.node.create_client(Trigger, CONSOLIDATE_SERVICE)
     if not client.wait_for_service(timeout_sec=5.0):
-        logger.warning('%s not available: the object map is scored unconsolidated',
-                       CONSOLIDATE_SERVICE)
-        return
+        return _not_consolidated(f'{CONSOLIDATE_SERVICE} not available')
     count = len(last_objects)
     future = client.call_async(Trigger.Request())
     try:
-        response = session.spin_until(lambda: future.done() and future.result(),
-                                      CONSOLIDATE_TIMEOUT_S)
+        response = session.spin_until(lambda: future.done() and future.result(), 30.0)
     except TimeoutError:
-        logger.warning('%s did not answer within %.0f s', CONSOLIDATE_SERVICE,
-                       CONSOLIDATE_TIMEOUT_S)
-        return
+        return _not_consolidated(f'{CONSOLIDATE_SERVICE} did not answer within 30 s')
     if not response.success:
-        logger.warning('%s failed: %s', CONSOLIDATE_SERVICE, response.message)
-        return
-    logger.info('%s: %s', CONSOLIDATE_SERVICE, response.message)
+        return _not_consolidated(f'{CONSOLIDATE_SERVICE} refused: {response.message}')
     try:
-        session.spin_until(lambda: len(last_objects) > count, 5.0)
+        session.spin_until(lambda: len(last_objects) > count, CONSOLIDATE_TIMEOUT_S)
     except TimeoutError:
-        logger.warning('no objects message after the consolidation')
+        return _not_consolidated(f'no objects message within {CONSOLIDATE_TIMEOUT_S:.0f} s of '
+                                 'the consolidation request (see node.log)')
+    return True, response.message
+
+
+def _not_consolidated(reason: str) -> Tuple[bool, str]:
+    logger.warning('object map scored unconsolidated: %s', reason)
+    return False, reason
 
 
 def _drain(session: RosSession, sent: Mapping[str, float],

@@ -77,8 +77,9 @@ from opendlign_core.transforms import TransformError, normalize_frame_id
 from opendlign_ros import conversions, params, tf_listener
 
 NODE_NAME = 'opendlign'
-#: Longest wait of ``~/consolidate_objects`` for the map thread, seconds.
-CONSOLIDATE_TIMEOUT_S = 120.0
+#: Longest wait of :meth:`DetectorNode.destroy_node` for the inference and label threads,
+#: seconds (they are daemon threads; a longer transform wait or label build is abandoned).
+SHUTDOWN_JOIN_S = 1.0
 #: ``VisionClass.class_id`` of the "unknown" outcome (vision_msgs' UNLABELED).
 UNLABELED_ID = 65535
 #: Object-map updates that may wait for the map worker before inference waits for them.
@@ -208,11 +209,15 @@ class DetectorNode(Node):
         # (a 4 MB cloud echoed back: 51 ms round trip vs 8 ms with a single-threaded executor,
         # both with the node's 0.5 ms GIL switch interval), and a single-threaded executor
         # must not be blocked by them (TF would stop while inference waits for a transform).
+        # Both are daemon threads that destroy_node() waits for only SHUTDOWN_JOIN_S: a stop
+        # must not wait for a 20 s label rebuild or a 10 s transform_timeout.
         self._stopping = False
         self._cloud_ready = threading.Condition(self._lock)
-        self._labels_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='labels')
+        self._labels_ready = threading.Condition(self._lock)
         self._inference_thread = threading.Thread(target=self._inference_loop,
                                                   name='inference', daemon=True)
+        self._labels_thread = threading.Thread(target=self._labels_loop, name='labels',
+                                               daemon=True)
 
         self._detections_pub = self.create_publisher(Detection3DArray, 'detections', 10)
         self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
@@ -244,6 +249,7 @@ class DetectorNode(Node):
             f'{"on" if self._object_map is not None else "off"}, '
             f'listening on {self._cloud_sub.topic_name}')
         self._inference_thread.start()
+        self._labels_thread.start()
 
     @property
     def labels(self) -> Sequence[str]:
@@ -290,9 +296,10 @@ class DetectorNode(Node):
         with self._lock:
             self._stopping = True
             self._cloud_ready.notify_all()
-        if self._inference_thread.is_alive():
-            self._inference_thread.join()
-        self._labels_worker.shutdown(wait=True)
+            self._labels_ready.notify_all()
+        for thread in (self._inference_thread, self._labels_thread):
+            if thread.is_alive():
+                thread.join(SHUTDOWN_JOIN_S)
         if self._map_worker is not None:
             self._map_worker.shutdown(wait=True)
             self._map_worker = None
@@ -489,31 +496,38 @@ class DetectorNode(Node):
         return len(self._object_map.objects(confirmed_only=True))
 
     def _on_consolidate_objects(self, request: Any, response: Any) -> Any:
+        # Queues the consolidation behind the pending map updates and answers at once: waiting
+        # here would stop the (single-threaded) executor, so TF, parameters and clouds, for
+        # the ~1 s it takes. The rebuilt objects are published when it is done.
+        response.success = False
         if self._object_map is None or self._map_worker is None:
-            response.success = False
             response.message = 'object map is disabled (object_map.enabled is false)'
             return response
-        start = time.perf_counter()
-
-        def job() -> int:
-            count = self._consolidate()
-            if self._map_header is not None:
-                self._publish_objects(self._map_header)
-            return count
-
-        try:
-            # Queued after the updates of the clouds received so far.
-            count = self._map_worker.submit(job).result(timeout=CONSOLIDATE_TIMEOUT_S)
-        except Exception as e:  # noqa: BLE001 - report it to the caller, keep serving
-            response.success = False
-            response.message = f'consolidation failed: {type(e).__name__}: {e}'
-            self.get_logger().error(response.message)
+        if self._object_map.config.fused_points_per_frame == 0:
+            response.message = ('the object map keeps no fused cloud '
+                                '(object_map.fused_points_per_frame is 0)')
             return response
+        with self._lock:
+            processed = self._counters.processed
+        if processed == 0:
+            response.message = 'nothing to consolidate: no cloud processed yet'
+            return response
+        self._map_worker.submit(self._consolidate_job)
         response.success = True
-        response.message = (f'consolidated: {count} objects '
-                            f'({(time.perf_counter() - start) * 1e3:.0f} ms)')
-        self.get_logger().info(f'object map: {response.message}')
+        response.message = 'consolidation queued; objects are published when it is done'
         return response
+
+    def _consolidate_job(self) -> None:
+        start = time.perf_counter()
+        try:
+            count = self._consolidate()
+        except Exception as e:  # noqa: BLE001 - the map thread must keep serving
+            self.get_logger().error(f'object map consolidation failed: {type(e).__name__}: {e}')
+            return
+        if self._map_header is not None:
+            self._publish_objects(self._map_header)
+        self.get_logger().info(f'object map: consolidated: {count} objects '
+                               f'({(time.perf_counter() - start) * 1e3:.0f} ms)')
 
     def _publish_objects(self, header: Header) -> int:
         objects = self._object_map.objects(confirmed_only=True)
@@ -558,7 +572,22 @@ class DetectorNode(Node):
             if parameter.name == params.LABELS:
                 with self._lock:
                     self._pending_labels = list(parameter.value)
-                self._labels_worker.submit(self._on_labels_requested)
+                    self._labels_ready.notify()
+
+    def _labels_loop(self) -> None:
+        # The label thread: builds the newest requested label set, until destroy_node().
+        while True:
+            with self._lock:
+                while self._pending_labels is None and not self._stopping:
+                    self._labels_ready.wait()
+                if self._stopping:
+                    return
+            try:
+                self._on_labels_requested()
+            except Exception as e:  # noqa: BLE001 - the thread must outlive any one request
+                if self._stopping or not self.context.ok():
+                    return
+                self.get_logger().error(f'label set not built: {type(e).__name__}: {e}')
 
     def _on_labels_requested(self) -> None:
         with self._lock:

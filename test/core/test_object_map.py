@@ -513,3 +513,10 @@ def test_fused_cloud_settings_are_validated():
                          ('max_fused_points', 10), ('consolidate_every', 1.5)):
         with pytest.raises(ValueError, match=field):
             ObjectMapConfig(**{field: value})
+    with pytest.raises(ValueError, match='consolidate_every.*no fused cloud'):
+        ObjectMapConfig(consolidate_every=5, fused_points_per_frame=0)
+    omap = ObjectMap(StubScorer(), LABELS)
+    from opendlign_core.detection import DetectionResult
+    for stamp in (float('nan'), float('inf')):
+        with pytest.raises(ValueError, match='stamp must be finite'):
+            omap.consolidate(DetectionResult(()), np.zeros((0, 3)), stamp)

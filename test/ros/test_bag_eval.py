@@ -120,13 +120,15 @@ def test_score_replay_reports_per_frame_and_object_map_ap(tmp_path):
     results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
     assert (results['target_frame'], results['no_transform'], results['clouds_dropped']) == \
         ('map', 2, 1)
-    assert results['object_map'] == {'objects': 2, 'gt_objects': 2, 'ap': report.object_ap,
+    assert results['object_map'] == {'objects': 2, 'gt_objects': 2, 'consolidated': False,
+                                     'consolidation': '', 'ap': report.object_ap,
                                      'mean_ap': {'AP25': 0.5, 'AP50': 0.5}}
     for name in ('report.md', 'pr.png', 'pr_objects.png', 'latency.png', 'objects.json',
                  'detections.json'):
         assert (tmp_path / 'eval' / name).is_file()
     text = (tmp_path / 'eval' / 'report.md').read_text()
     assert '(no_transform): 2' in text and '2 objects in the last `objects` message' in text
+    assert 'not consolidated' in text
     assert '| **mean** | 2 | 2 | 50.00 | 50.00 |' in text
     assert sorted(json.loads((tmp_path / 'eval' / 'detections.json').read_text())) == \
         ['1.000000000']
@@ -173,6 +175,9 @@ def test_bag_eval_frames_bag_through_the_node_with_target_frame(tmp_path):
     assert results['object_map']['gt_objects'] == 2
     assert set(results['object_map']['ap']['AP50']) == {'chair', 'table'}
     assert isinstance(results['object_map']['objects'], int)
+    # The map was refined after the last cloud (the node's ~/consolidate_objects).
+    assert results['object_map']['consolidated'] is True
+    assert 'consolidated after the last cloud' in (tmp_path / 'eval' / 'report.md').read_text()
     for name in ('report.md', 'pr.png', 'pr_objects.png', 'latency.png', 'objects.json'):
         assert (tmp_path / 'eval' / name).is_file()
 

@@ -87,8 +87,17 @@ def _centres(msg):
                       d.bbox.center.position.z) for d in msg.detections])
 
 
+def _consolidate(rig):
+    future = rig.consolidate.call_async(Trigger.Request())
+    return wait_until(lambda: future.done() and future.result(), 10)
+
+
 def test_objects_keep_their_ids_over_frames_and_clear_empties_the_map(rig):
     points = scene_points(0)
+    assert rig.consolidate.wait_for_service(timeout_sec=10)
+    response = _consolidate(rig)
+    assert not response.success and response.message == (
+        'nothing to consolidate: no cloud processed yet')
     history = [rig.feed(points, sec) for sec in range(1, 6)]
     last = history[-1]
     assert last.header.frame_id == 'room' and last.header.stamp == Time(sec=5)
@@ -123,9 +132,9 @@ def test_objects_keep_their_ids_over_frames_and_clear_empties_the_map(rig):
     # their ids, and publishes the rebuilt map.
     count = len(rig.objects)
     future = rig.consolidate.call_async(Trigger.Request())
-    response = wait_until(lambda: future.done() and future.result(), 60)
-    assert response.success and response.message.startswith('consolidated: 2 objects')
-    rebuilt = wait_until(lambda: len(rig.objects) > count and rig.objects[-1], 10)
+    response = wait_until(lambda: future.done() and future.result(), 10)
+    assert response.success and response.message.startswith('consolidation queued')
+    rebuilt = wait_until(lambda: len(rig.objects) > count and rig.objects[-1], 60)
     assert sorted(d.id for d in rebuilt.detections) == ids
     for centre in BOX_CENTRES:
         assert np.min(np.linalg.norm(_centres(rebuilt) - centre, axis=1)) < 0.05
@@ -163,8 +172,8 @@ def test_objects_of_a_y_down_cloud_are_published_in_its_frame():
         # two boxes in the cloud's frame.
         count = len(rig.objects)
         future = rig.consolidate.call_async(Trigger.Request())
-        assert wait_until(lambda: future.done() and future.result(), 60).success
-        rebuilt = wait_until(lambda: len(rig.objects) > count and rig.objects[-1], 10)
+        assert wait_until(lambda: future.done() and future.result(), 10).success
+        rebuilt = wait_until(lambda: len(rig.objects) > count and rig.objects[-1], 60)
         assert rebuilt.header.frame_id == 'camera_optical' and len(rebuilt.detections) == 2
         for centre in expected:
             assert np.min(np.linalg.norm(_centres(rebuilt) - centre, axis=1)) < 0.05
@@ -183,3 +192,14 @@ def test_a_cloud_in_another_frame_restarts_the_map_in_that_frame(rig):
     again = rig.feed(points, 5, frame='lidar')
     assert len(again.detections) == 2
     assert not {d.id for d in again.detections} & {d.id for d in first.detections}
+
+
+def test_consolidation_is_refused_without_a_fused_cloud():
+    rig = ObjectsRig({**TINY, 'up_axis': 'z', 'object_map.fused_points_per_frame': 0})
+    try:
+        rig.feed(scene_points(0), 1)
+        assert rig.consolidate.wait_for_service(timeout_sec=10)
+        response = _consolidate(rig)
+        assert not response.success and 'fused_points_per_frame is 0' in response.message
+    finally:
+        rig.close()

@@ -35,8 +35,11 @@ class DoubleDetector:
         self.entered = threading.Event()
         self.fail_detect = False
         self.fail_labels = False
+        self.labels_gate = threading.Event()
+        self.labels_gate.set()
 
     def encode_labels(self, labels):
+        self.labels_gate.wait(30)
         if self.fail_labels:
             raise RuntimeError('text encoder exploded')
         return DoubleLabelSet(labels)
@@ -190,3 +193,27 @@ def test_configure_process_shortens_the_gil_switch_interval_and_limits_blas():
         sys.setswitchinterval(before)
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=blas_before, user_api='blas')
+
+
+def test_destroy_node_does_not_wait_for_a_long_label_build_or_cloud():
+    from opendlign_ros.node import SHUTDOWN_JOIN_S
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=unique_domain_id())
+    double = DoubleDetector()
+    node = DetectorNode(detector=double, context=ctx, parameter_overrides=[
+        Parameter('labels', value=['chair']), Parameter('object_map.enabled', value=False)])
+    try:
+        # A label build and a detection that would each take 30 s (a huge label list, a cloud
+        # waiting for a transform): a stop abandons them after SHUTDOWN_JOIN_S each.
+        double.labels_gate.clear()
+        double.gate.clear()
+        assert node.set_parameters([Parameter('labels', value=['mug'])])[0].successful
+        node._on_cloud(_cloud(1.0))
+        double.entered.wait(5)
+        start = time.monotonic()
+        node.destroy_node()
+        assert time.monotonic() - start < 2 * SHUTDOWN_JOIN_S + 1.0
+    finally:
+        double.labels_gate.set()
+        double.gate.set()
+        rclpy.try_shutdown(context=ctx)
