@@ -50,6 +50,7 @@ wait; beyond that inference waits for the map, so no processed cloud is left out
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+import os
 import signal
 import sys
 import threading
@@ -212,6 +213,8 @@ class DetectorNode(Node):
         # Both are daemon threads that destroy_node() waits for only SHUTDOWN_JOIN_S: a stop
         # must not wait for a 20 s label rebuild or a 10 s transform_timeout.
         self._stopping = False
+        #: Names of the threads destroy_node() stopped waiting for (still in a long call).
+        self.abandoned_threads: Tuple[str, ...] = ()
         self._cloud_ready = threading.Condition(self._lock)
         self._labels_ready = threading.Condition(self._lock)
         self._inference_thread = threading.Thread(target=self._inference_loop,
@@ -300,6 +303,8 @@ class DetectorNode(Node):
         for thread in (self._inference_thread, self._labels_thread):
             if thread.is_alive():
                 thread.join(SHUTDOWN_JOIN_S)
+        self.abandoned_threads = tuple(t.name for t in (self._inference_thread,
+                                                        self._labels_thread) if t.is_alive())
         if self._map_worker is not None:
             self._map_worker.shutdown(wait=True)
             self._map_worker = None
@@ -742,6 +747,15 @@ def main(args: Optional[List[str]] = None) -> int:
             node.destroy_node()
     finally:
         rclpy.try_shutdown()
+    if node.abandoned_threads:
+        # A daemon thread still inside torch (a long label build) would abort the interpreter's
+        # teardown ("terminate called without an active exception", exit -6): everything is
+        # shut down already, so leave without it.
+        rclpy.logging.get_logger(NODE_NAME).info(
+            f'stopped; abandoned: {", ".join(node.abandoned_threads)}')
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
