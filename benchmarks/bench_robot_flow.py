@@ -199,6 +199,12 @@ def _summary(counts: dict) -> dict:
             'label_accuracy_of_found': counts['correct'] / found if found else math.nan}
 
 
+def _consolidate(omap, detector, labels, stamp: float) -> None:
+    # What the node's ~/consolidate_objects does: detect on the map's fused cloud, rebuild.
+    fused = omap.fused_cloud()
+    omap.consolidate(detector.detect(fused, labels), fused, stamp)
+
+
 def _interleaved_timing(detector, labels, scene_dir: Path, map_config, num: int) -> dict:
     # Detection and map update of each frame timed back to back, so both see the same load.
     from opendlign_core.object_map import ObjectMap
@@ -216,8 +222,7 @@ def _interleaved_timing(detector, labels, scene_dir: Path, map_config, num: int)
         omap.update_from_frame(res, pts, map_from_camera, i * FRAME_PERIOD_S)
         t2 = time.perf_counter()
         if omap.consolidation_due():
-            fused = omap.fused_cloud()
-            omap.consolidate(detector.detect(fused, labels), fused, i * FRAME_PERIOD_S)
+            _consolidate(omap, detector, labels, i * FRAME_PERIOD_S)
         t3 = time.perf_counter()
         det_ms.append(1e3 * (t1 - t0))
         upd_ms.append(1e3 * (t2 - t1))
@@ -282,15 +287,13 @@ def main(args: argparse.Namespace) -> int:
             update_ms.append(1e3 * (time.perf_counter() - t0))
             if omap.consolidation_due():
                 t0 = time.perf_counter()
-                fused = omap.fused_cloud()
-                omap.consolidate(detector.detect(fused, labels), fused, i * FRAME_PERIOD_S)
+                _consolidate(omap, detector, labels, i * FRAME_PERIOD_S)
                 consolidate_ms.append(1e3 * (time.perf_counter() - t0))
         if args.final_consolidation:
             # The map at the end of the recording, refined once more (the node's
             # ~/consolidate_objects service; bag eval calls it after the last cloud).
             t0 = time.perf_counter()
-            fused = omap.fused_cloud()
-            omap.consolidate(detector.detect(fused, labels), fused, i * FRAME_PERIOD_S)
+            _consolidate(omap, detector, labels, i * FRAME_PERIOD_S)
             final_ms.append(1e3 * (time.perf_counter() - t0))
         objs = omap.objects(confirmed_only=True)
         map_stats.append({'confirmed': len(objs), 'all': len(omap.objects(False)),

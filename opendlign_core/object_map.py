@@ -641,12 +641,7 @@ class ObjectMap:
                                 f'{type(o).__name__}')
         if view is not None and not isinstance(view, SensorView):
             raise TypeError(f'view must be a SensorView or None, got {type(view).__name__}')
-        try:
-            stamp = float(stamp)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f'stamp must be a number of seconds, got {stamp!r}') from e
-        if not math.isfinite(stamp):
-            raise ValueError(f'stamp must be finite, got {stamp}')
+        stamp = _check_stamp(stamp)
         clouds = [self._downsample(o.points, self.config.max_points_per_observation)
                   for o in obs]
         with self._lock:
@@ -752,12 +747,7 @@ class ObjectMap:
         in between would lose their objects. Make them from the thread that feeds the map (the
         node's map thread does all three).
         """
-        try:
-            stamp = float(stamp)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f'stamp must be a number of seconds, got {stamp!r}') from e
-        if not math.isfinite(stamp):
-            raise ValueError(f'stamp must be finite, got {stamp}')
+        stamp = _check_stamp(stamp)
         obs = observations_from_result(result, points, self.config.max_points_per_observation)
         clouds = [self._downsample(o.points, self.config.max_points_per_observation)
                   for o in obs]
@@ -1090,6 +1080,17 @@ class ObjectMap:
         if len(cloud) <= cap:
             return cloud
         return cloud[np.sort(self._rng.choice(len(cloud), cap, replace=False))]
+
+
+def _check_stamp(stamp: Any) -> float:
+    # A finite number of seconds, or TypeError/ValueError naming it.
+    try:
+        value = float(stamp)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f'stamp must be a number of seconds, got {stamp!r}') from e
+    if not math.isfinite(value):
+        raise ValueError(f'stamp must be finite, got {value}')
+    return value
 
 
 def _kd_tree(points: np.ndarray) -> cKDTree:

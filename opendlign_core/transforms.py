@@ -43,6 +43,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
+from opendlign_core.pointcloud import _check_points
+
 #: Seconds of dynamic samples kept per edge (tf2's default cache time).
 DEFAULT_CACHE_TIME_S = 10.0
 _NS = 1_000_000_000
@@ -112,12 +114,7 @@ def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
     :raises TypeError: If ``points`` is not a real-valued array.
     :raises ValueError: If ``points`` is not (N, 3) or ``transform`` is not a finite (4, 4).
     """
-    pts = np.asarray(points)
-    if pts.dtype == np.bool_ or not (np.issubdtype(pts.dtype, np.floating)
-                                     or np.issubdtype(pts.dtype, np.integer)):
-        raise TypeError(f'points must be a real-valued array, got dtype {pts.dtype}')
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise ValueError(f'points must have shape (N, 3), got {pts.shape}')
+    pts = _check_points(points, 'points')
     m = _matrix(transform, 'transform')
     src = pts.astype(np.float64, copy=False)
     out = np.empty((len(src), 3))
@@ -150,12 +147,7 @@ def transform_points_local(points: np.ndarray, transform: np.ndarray,
     :raises ValueError: If ``points`` is not (N, 3), ``transform`` is not a finite (4, 4) or
         ``origin`` is not 3 finite values.
     """
-    pts = np.asarray(points)
-    if pts.dtype == np.bool_ or not (np.issubdtype(pts.dtype, np.floating)
-                                     or np.issubdtype(pts.dtype, np.integer)):
-        raise TypeError(f'points must be a real-valued array, got dtype {pts.dtype}')
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise ValueError(f'points must have shape (N, 3), got {pts.shape}')
+    pts = _check_points(points, 'points')
     m = _matrix(transform, 'transform')
     shift = np.asarray(origin, dtype=np.float64).reshape(-1)
     if shift.shape != (3,) or not np.isfinite(shift).all():

@@ -55,7 +55,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
@@ -217,10 +217,14 @@ class DetectorNode(Node):
         self.abandoned_threads: Tuple[str, ...] = ()
         self._cloud_ready = threading.Condition(self._lock)
         self._labels_ready = threading.Condition(self._lock)
-        self._inference_thread = threading.Thread(target=self._inference_loop,
-                                                  name='inference', daemon=True)
-        self._labels_thread = threading.Thread(target=self._labels_loop, name='labels',
-                                               daemon=True)
+        self._inference_thread = threading.Thread(
+            target=self._worker_loop, name='inference', daemon=True,
+            args=(self._cloud_ready, self._take_cloud, lambda work: self._process(*work),
+                  lambda error: self._drop('failed', f'cloud dropped: {error}')))
+        self._labels_thread = threading.Thread(
+            target=self._worker_loop, name='labels', daemon=True,
+            args=(self._labels_ready, self._take_labels, self._build_labels,
+                  lambda error: self.get_logger().error(f'label set not built: {error}')))
 
         self._detections_pub = self.create_publisher(Detection3DArray, 'detections', 10)
         self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
@@ -322,22 +326,33 @@ class DetectorNode(Node):
             self._latest_received = time.monotonic()
             self._cloud_ready.notify()
 
-    def _inference_loop(self) -> None:
-        # The inference thread: the newest cloud, one at a time, until destroy_node().
+    def _worker_loop(self, ready: threading.Condition, take: Callable[[], Any],
+                     handle: Callable[[Any], None], on_error: Callable[[str], None]) -> None:
+        # Body of the inference and label threads: wait on ``ready`` until ``take()`` (called
+        # with the lock held) gives work, handle it outside the lock, until destroy_node().
         while True:
             with self._lock:
-                while self._latest is None and not self._stopping:
-                    self._cloud_ready.wait()
+                while (work := take()) is None and not self._stopping:
+                    ready.wait()
                 if self._stopping:
                     return
-                msg, received = self._latest, self._latest_received
-                self._latest = None
             try:
-                self._process(msg, received)
-            except Exception as e:  # noqa: BLE001 - the thread must outlive any one cloud
+                handle(work)
+            except Exception as e:  # noqa: BLE001 - the thread must outlive any one job
                 if self._stopping or not self.context.ok():
                     return
-                self._drop('failed', f'cloud dropped: {type(e).__name__}: {e}')
+                on_error(f'{type(e).__name__}: {e}')
+
+    def _take_cloud(self) -> Optional[Tuple[PointCloud2, float]]:
+        if self._latest is None:
+            return None
+        work = (self._latest, self._latest_received)
+        self._latest = None
+        return work
+
+    def _take_labels(self) -> Optional[List[str]]:
+        labels, self._pending_labels = self._pending_labels, None
+        return labels
 
     def _process(self, msg: PointCloud2, received: float) -> None:
         start = time.perf_counter()
@@ -579,26 +594,7 @@ class DetectorNode(Node):
                     self._pending_labels = list(parameter.value)
                     self._labels_ready.notify()
 
-    def _labels_loop(self) -> None:
-        # The label thread: builds the newest requested label set, until destroy_node().
-        while True:
-            with self._lock:
-                while self._pending_labels is None and not self._stopping:
-                    self._labels_ready.wait()
-                if self._stopping:
-                    return
-            try:
-                self._on_labels_requested()
-            except Exception as e:  # noqa: BLE001 - the thread must outlive any one request
-                if self._stopping or not self.context.ok():
-                    return
-                self.get_logger().error(f'label set not built: {type(e).__name__}: {e}')
-
-    def _on_labels_requested(self) -> None:
-        with self._lock:
-            labels, self._pending_labels = self._pending_labels, None
-        if labels is None:
-            return
+    def _build_labels(self, labels: List[str]) -> None:
         start = time.perf_counter()
         try:
             label_set = self._detector.encode_labels(labels)
