@@ -19,7 +19,9 @@ Topics and services (relative, so namespaces and remapping apply):
   (``target_frame`` or the cloud's frame), ``Detection3D.id`` = persistent object id,
   ``results`` = fused label scores; after each processed cloud (``object_map.enabled``),
   stamped like it, shortly after that cloud's ``detections``.
-* ``~/clear_objects`` (service, ``std_srvs/Trigger``): empty the object map.
+* ``~/clear_objects`` (service, ``std_srvs/Trigger``): empty the object map and publish it
+  empty; map updates of clouds received before the request, and consolidations asked for
+  before it, are dropped (never waited for), so the answer comes at once.
 * ``~/consolidate_objects`` (service, ``std_srvs/Trigger``): detect on the map's fused cloud and
   rebuild the objects from it (:meth:`~opendlign_core.object_map.ObjectMap.consolidate`), then
   publish ``objects``; also every ``object_map.consolidate_every`` clouds when that is > 0.
@@ -173,6 +175,7 @@ class DetectorNode(Node):
         self._lock = threading.Lock()
         self._latest: Optional[PointCloud2] = None
         self._latest_received = 0.0
+        self._latest_epoch = 0
         self._pending_labels: Optional[List[str]] = None
         self._counters = Counters()
         self._last_error = ''
@@ -199,6 +202,11 @@ class DetectorNode(Node):
         self._map_worker: Optional[ThreadPoolExecutor] = None
         self._map_pending: deque = deque()
         self._map_last: Dict[str, float] = {}
+        # ~/clear_objects bumps the epoch; map work from clouds received before (or a
+        # consolidation asked for before) is then dropped instead of waited for, so the
+        # executor never waits on the map thread for more than one map change.
+        self._map_epoch = 0
+        self._map_epoch_lock = threading.Lock()
         if self._settings.object_map_enabled:
             from opendlign_core.object_map import ObjectMap
             self._object_map = ObjectMap(getattr(detector, 'classifier', None), self._label_set,
@@ -324,6 +332,7 @@ class DetectorNode(Node):
                 self._counters.superseded += 1
             self._latest = msg
             self._latest_received = time.monotonic()
+            self._latest_epoch = self._map_epoch
             self._cloud_ready.notify()
 
     def _worker_loop(self, ready: threading.Condition, take: Callable[[], Any],
@@ -343,10 +352,10 @@ class DetectorNode(Node):
                     return
                 on_error(f'{type(e).__name__}: {e}')
 
-    def _take_cloud(self) -> Optional[Tuple[PointCloud2, float]]:
+    def _take_cloud(self) -> Optional[Tuple[PointCloud2, float, int]]:
         if self._latest is None:
             return None
-        work = (self._latest, self._latest_received)
+        work = (self._latest, self._latest_received, self._latest_epoch)
         self._latest = None
         return work
 
@@ -354,7 +363,7 @@ class DetectorNode(Node):
         labels, self._pending_labels = self._pending_labels, None
         return labels
 
-    def _process(self, msg: PointCloud2, received: float) -> None:
+    def _process(self, msg: PointCloud2, received: float, epoch: int) -> None:
         start = time.perf_counter()
         cloud_frame = normalize_frame_id(msg.header.frame_id)
         header = Header(stamp=msg.header.stamp, frame_id=self._target_frame or cloud_frame)
@@ -410,7 +419,7 @@ class DetectorNode(Node):
         extra: Dict[str, Any] = {'detections': len(result.detections),
                                  'clusters': result.num_clusters, 'points': result.num_points}
         if self._map_worker is not None:
-            self._submit_map_update(result, points, sensor_pose, header)
+            self._submit_map_update(result, points, sensor_pose, header, epoch)
             with self._lock:
                 last = dict(self._map_last)
             if last:
@@ -450,7 +459,7 @@ class DetectorNode(Node):
             timings, {'detections': 0, 'clusters': 0, 'points': 0})
 
     def _submit_map_update(self, result: Any, points: np.ndarray, sensor_pose: np.ndarray,
-                           header: Header) -> None:
+                           header: Header, epoch: int) -> None:
         # Runs on the inference thread: queue the update, waiting only past MAP_BACKLOG.
         while self._map_pending and self._map_pending[0].done():
             self._map_pending.popleft()
@@ -459,14 +468,25 @@ class DetectorNode(Node):
         if self._map_worker is None:
             return
         future: Future = self._map_worker.submit(self._map_job, result, points, sensor_pose,
-                                                 header)
+                                                 header, epoch)
         self._map_pending.append(future)
 
     def _map_job(self, result: Any, points: np.ndarray, sensor_pose: np.ndarray,
-                 header: Header) -> None:
+                 header: Header, epoch: int) -> None:
         t0 = time.perf_counter()
         try:
-            count = self._update_map(result, points, sensor_pose, header)
+            with self._map_epoch_lock:
+                if epoch != self._map_epoch:
+                    return   # the map was cleared after this cloud arrived
+                self._update_map(result, points, sensor_pose, header)
+            if self._object_map.consolidation_due():
+                try:
+                    self._consolidate(epoch)
+                except Exception as e:  # noqa: BLE001 - the streaming map is still good
+                    self.get_logger().error(f'object map consolidation failed: '
+                                            f'{type(e).__name__}: {e}',
+                                            throttle_duration_sec=self._throttle())
+            count = self._publish_objects(header)
         except Exception as e:  # noqa: BLE001 - the detections are already out
             message = f'object map update failed: {type(e).__name__}: {e}'
             with self._lock:
@@ -477,7 +497,8 @@ class DetectorNode(Node):
             self._map_last = {'map_update': (time.perf_counter() - t0) * 1e3, 'objects': count}
 
     def _update_map(self, result: Any, points: np.ndarray, sensor_pose: np.ndarray,
-                    header: Header) -> int:
+                    header: Header) -> None:
+        # Runs on the map thread with the epoch lock held.
         if self._map_frame != header.frame_id:
             if self._map_frame:
                 self.get_logger().warning(
@@ -495,24 +516,25 @@ class DetectorNode(Node):
                                            tf_listener.stamp_ns(header.stamp) * 1e-9,
                                            points_in_sensor_frame=True)
         self._map_header = header
-        if self._object_map.consolidation_due():
-            try:
-                self._consolidate()
-            except Exception as e:  # noqa: BLE001 - the streaming map is still good
-                self.get_logger().error(f'object map consolidation failed: '
-                                        f'{type(e).__name__}: {e}',
-                                        throttle_duration_sec=self._throttle())
-        return self._publish_objects(header)
 
-    def _consolidate(self) -> int:
+    def _consolidate(self, epoch: int) -> Optional[int]:
         # Runs on the map thread: scene-mode detection on the fused cloud (+z-up map frame, so
-        # the detector's up_axis rotation is undone by the transform), then the rebuild.
-        fused = self._object_map.fused_cloud()
-        if len(fused) == 0 or self._map_header is None:
+        # the detector's up_axis rotation is undone by the transform), then the rebuild, unless
+        # the map was cleared in between (None then). The detection runs without the epoch
+        # lock, so a clear never waits for it.
+        with self._map_epoch_lock:
+            if epoch != self._map_epoch:
+                return None
+            fused = self._object_map.fused_cloud()
+            header = self._map_header
+        if len(fused) == 0 or header is None:
             return len(self._object_map.objects(confirmed_only=True))
         result = self._detector.detect(fused, self._label_set, transform=self._frame_from_zup)
-        self._object_map.consolidate(result, fused,
-                                     tf_listener.stamp_ns(self._map_header.stamp) * 1e-9)
+        with self._map_epoch_lock:
+            if epoch != self._map_epoch:
+                return None
+            self._object_map.consolidate(result, fused,
+                                         tf_listener.stamp_ns(header.stamp) * 1e-9)
         return len(self._object_map.objects(confirmed_only=True))
 
     def _on_consolidate_objects(self, request: Any, response: Any) -> Any:
@@ -532,17 +554,20 @@ class DetectorNode(Node):
         if processed == 0:
             response.message = 'nothing to consolidate: no cloud processed yet'
             return response
-        self._map_worker.submit(self._consolidate_job)
+        self._map_worker.submit(self._consolidate_job, self._map_epoch)
         response.success = True
         response.message = 'consolidation queued; objects are published when it is done'
         return response
 
-    def _consolidate_job(self) -> None:
+    def _consolidate_job(self, epoch: int) -> None:
         start = time.perf_counter()
         try:
-            count = self._consolidate()
+            count = self._consolidate(epoch)
         except Exception as e:  # noqa: BLE001 - the map thread must keep serving
             self.get_logger().error(f'object map consolidation failed: {type(e).__name__}: {e}')
+            return
+        if count is None:
+            self.get_logger().info('object map: consolidation dropped: the map was cleared')
             return
         if self._map_header is not None:
             self._publish_objects(self._map_header)
@@ -563,13 +588,14 @@ class DetectorNode(Node):
             response.success = False
             response.message = 'object map is disabled (object_map.enabled is false)'
             return response
-        try:
-            # Updates from clouds received before the request belong to the old map.
-            self.wait_for_object_map(timeout=5.0)
-        except TimeoutError:
-            self.get_logger().warning('clear_objects: a map update still runs after 5 s')
-        count = len(self._object_map)
-        self._object_map.clear()
+        # Map work from clouds received (and consolidations asked for) before the request
+        # belongs to the old map: the new epoch drops it. This waits for at most one running
+        # map change (an update, ~10 ms), never for a detection.
+        with self._map_epoch_lock:
+            with self._lock:
+                self._map_epoch += 1
+            count = len(self._object_map)
+            self._object_map.clear()
         if self._map_frame:
             self._publish_objects(Header(stamp=self.get_clock().now().to_msg(),
                                          frame_id=self._map_frame))

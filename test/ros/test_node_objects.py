@@ -203,3 +203,32 @@ def test_consolidation_is_refused_without_a_fused_cloud():
         assert not response.success and 'fused_points_per_frame is 0' in response.message
     finally:
         rig.close()
+
+
+def test_clear_drops_queued_map_work_and_never_waits_for_the_map_thread(rig):
+    # The map thread is held busy (a gate), with a consolidation and a cloud's map update
+    # queued behind it: ~/clear_objects answers without waiting for them, and the queued
+    # work, which belongs to the old map, is dropped instead of bringing its objects back.
+    points = scene_points(0)
+    ids = sorted(d.id for d in [rig.feed(points, sec) for sec in range(1, 4)][-1].detections)
+    assert len(ids) == 2
+    gate = threading.Event()
+    rig.node._map_worker.submit(gate.wait, 30)
+    assert _consolidate(rig).success
+    processed = rig.node._counters.processed
+    rig.node._on_cloud(conversions.cloud_to_msg(points, Header(stamp=Time(sec=4),
+                                                               frame_id='room')))
+    wait_until(lambda: rig.node._counters.processed > processed, 60)
+    future = rig.clear.call_async(Trigger.Request())
+    try:
+        response = wait_until(lambda: future.done() and future.result(), 3)
+    finally:
+        gate.set()
+    assert response.success and response.message == 'cleared 2 objects'
+    rig.node.wait_for_object_map(timeout=30)
+    rig.node._map_worker.submit(lambda: None).result(timeout=60)   # the consolidation's turn
+    assert len(rig.node.object_map) == 0
+    assert rig.node.object_map.fused_cloud().shape == (0, 3)
+    # The next cloud starts the new map, under new ids.
+    again = [rig.feed(points, sec) for sec in range(5, 8)][-1]
+    assert len(again.detections) == 2 and not set(d.id for d in again.detections) & set(ids)
