@@ -28,6 +28,11 @@ their ratio, the consolidations' cost; class-agnostic recall@0.25 of the best-la
 segmentation's reach, as in ``bench_segmentation.py`` but over the boxes the detector reports)
 and the label accuracy of the objects so found, for frames, map and scene.
 
+``--detector-seeds K`` repeats scene mode and the map's final consolidation with detector seeds
+1..K-1 (RANSAC structure removal and point subsampling change with the seed; the streaming map
+replays the cached frame detections) and reports mean, standard deviation and range of both
+mAP@0.25 and of their paired difference: how much of a map-vs-scene gap is the seed's.
+
 Per-frame and scene detections are cached in ``--out`` (``detections_<scene>.pkl``), so map
 settings can be swept without re-running the detector (``--set FIELD=VALUE``). Tune on TRAIN
 scenes only::
@@ -89,12 +94,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                    'final ObjectMap.consolidate')
     p.add_argument('--detect-only', action='store_true',
                    help='only run (and cache) the detector')
+    p.add_argument('--detector-seeds', type=int, default=1, metavar='K',
+                   help='also repeat scene mode and the map (its final consolidation) with '
+                   'detector seeds 1..K-1 (RANSAC structure removal, point subsampling) and '
+                   'report the spread of both mAPs and of their paired difference')
+    p.add_argument('--regrid-scene', action='store_true',
+                   help='also run scene mode on each scene cloud re-voxelised on a 2 cm grid '
+                   'shifted by half a cell (same surfaces, other samples): the spread of '
+                   'scene mode itself under a resampling of its input')
     p.add_argument('--time-frames', type=int, default=0,
                    help='also re-time detection and map update back to back (same load) on the '
                    'first N frames of the first scene')
     args = p.parse_args(argv)
     if args.count < 1:
         p.error(f'--count must be >= 1, got {args.count}')
+    if args.detector_seeds < 1:
+        p.error(f'--detector-seeds must be >= 1, got {args.detector_seeds}')
     return args
 
 
@@ -203,6 +218,64 @@ def _consolidate(omap, detector, labels, stamp: float) -> None:
     # What the node's ~/consolidate_objects does: detect on the map's fused cloud, rebuild.
     fused = omap.fused_cloud()
     omap.consolidate(detector.detect(fused, labels), fused, stamp)
+
+
+#: Cell of the ``--regrid-scene`` resampling (the synthetic scenes' fusion voxel), metres.
+REGRID_CELL = 0.02
+
+
+def _regrid(points: np.ndarray) -> np.ndarray:
+    # Centroids of the points on a REGRID_CELL grid shifted by half a cell from the origin.
+    cells = np.floor(np.asarray(points, np.float64) / REGRID_CELL + 0.5).astype(np.int64)
+    _, inverse = np.unique(cells, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    counts = np.bincount(inverse)
+    return np.stack([np.bincount(inverse, weights=points[:, d]) / counts
+                     for d in range(3)], axis=1).astype(np.float32)
+
+
+def _seed_spread(detector, labels, scene_dirs, cached, map_config, num: int,
+                 first: tuple[float, float], final_consolidation: bool) -> dict:
+    # Scene mode and the map again with detector seeds 1..num-1 (seed 0 is the main run): the
+    # streaming map replays the cached frame detections, then the seeded detector consolidates.
+    from opendlign_core.detection import Detector
+    from opendlign_core.object_map import ObjectMap
+
+    classes = list(SCANNET18_CLASSES)
+    runs = [{'seed': detector.config.seed, 'object_map': first[0], 'scene_mode': first[1]}]
+    for seed in range(1, num):
+        seeded = Detector(detector.classifier, replace(detector.config, seed=seed))
+        map_preds, scene_preds, gts = {}, {}, {}
+        for d in scene_dirs:
+            scene = read_scannet_scene(d)
+            gts[d.name] = [GtBox(i.scannet18_semantic, i.box)
+                           for i in _ground_truth(scene).values()]
+            omap = ObjectMap(detector.classifier, labels, map_config)
+            for i, (frame, fd) in enumerate(zip(read_frames(d), cached[d.name]['frames'])):
+                pts, map_from_camera, _ = _frame_data(scene, frame)
+                omap.update_from_frame(fd['result'], pts, map_from_camera, i * FRAME_PERIOD_S)
+                if omap.consolidation_due():
+                    _consolidate(omap, seeded, labels, i * FRAME_PERIOD_S)
+            if final_consolidation:
+                _consolidate(omap, seeded, labels, i * FRAME_PERIOD_S)
+            map_preds[d.name] = [PredBox(o.label, o.score, o.box) for o in omap.objects()]
+            scene_preds[d.name] = _best(seeded.detect(scene.points, labels))
+        runs.append({'seed': seed,
+                     'object_map': 100 * evaluate_detections(map_preds, gts, (0.25,),
+                                                             classes).mean_ap[0.25],
+                     'scene_mode': 100 * evaluate_detections(scene_preds, gts, (0.25,),
+                                                             classes).mean_ap[0.25]})
+        print(f'detector seed {seed}: object map {runs[-1]["object_map"]:.2f}, scene mode '
+              f'{runs[-1]["scene_mode"]:.2f} mAP@0.25', flush=True)
+    om = np.array([r['object_map'] for r in runs])
+    sm = np.array([r['scene_mode'] for r in runs])
+
+    def spread(x):
+        return {'mean': float(x.mean()), 'std': float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+                'min': float(x.min()), 'max': float(x.max())}
+
+    return {'runs': runs, 'object_map': spread(om), 'scene_mode': spread(sm),
+            'map_minus_scene': spread(om - sm)}
 
 
 def _interleaved_timing(detector, labels, scene_dir: Path, map_config, num: int) -> dict:
@@ -333,6 +406,17 @@ def main(args: argparse.Namespace) -> int:
         'reach': {k: _summary(v) for k, v in reach.items()},
         'map_objects': map_stats,
     }
+    if args.regrid_scene:
+        regrid = {d.name: _best(detector.detect(_regrid(read_scannet_scene(d).points), labels))
+                  for d in scene_dirs}
+        r = evaluate_detections(regrid, scene_gts, (0.25, 0.5), classes)
+        summary['map']['scene_mode (re-gridded cloud)'] = {'mAP25': 100 * r.mean_ap[0.25],
+                                                          'mAP50': 100 * r.mean_ap[0.5]}
+    if args.detector_seeds > 1:
+        summary['detector_seeds'] = _seed_spread(
+            detector, labels, scene_dirs, cached, map_config, args.detector_seeds,
+            (summary['map']['object_map']['mAP25'], summary['map']['scene_mode']['mAP25']),
+            args.final_consolidation)
     if args.time_frames > 0:
         summary['interleaved'] = _interleaved_timing(detector, labels, scene_dirs[0],
                                                      map_config, args.time_frames)
@@ -371,6 +455,12 @@ def main(args: argparse.Namespace) -> int:
                   f'{100 * t["ratio"]:.2f} %; consolidation {t["consolidate_ms_total"]:.0f} ms '
                   f'in all, update + consolidation / detection (sums) '
                   f'{100 * t["mean_ratio_with_consolidation"]:.2f} %']
+    if 'detector_seeds' in summary:
+        sp = summary['detector_seeds']
+        lines += ['', f'detector seeds 0..{args.detector_seeds - 1} (mAP@0.25, mean +- std, min '
+                  '.. max):']
+        lines += [f'- {k}: {v["mean"]:.2f} +- {v["std"]:.2f} ({v["min"]:.2f} .. {v["max"]:.2f})'
+                  for k, v in sp.items() if k != 'runs']
     table = '\n'.join(lines) + '\n'
     (args.out / 'robot_flow.md').write_text(table)
     (args.out / 'robot_flow.json').write_text(json.dumps(summary, indent=1))
