@@ -28,12 +28,17 @@ their ratio, the consolidations' cost; class-agnostic recall@0.25 of the best-la
 segmentation's reach, as in ``bench_segmentation.py`` but over the boxes the detector reports)
 and the label accuracy of the objects so found, for frames, map and scene.
 
-``--detector-seeds K`` repeats scene mode and the map's final consolidation with detector seeds
-1..K-1 (RANSAC structure removal and point subsampling change with the seed; the streaming map
-replays the cached frame detections) and reports mean, standard deviation and range of both
-mAP@0.25 and of their paired difference: how much of a map-vs-scene gap is the seed's.
+``--regrid-scene`` adds scene mode on each scene cloud re-voxelised on a 2 cm grid shifted by half
+a cell (the same surfaces sampled otherwise, 0.69 x the points): how far scene mode itself moves
+with the sampling of its input. ``--detector-seeds K`` repeats scene mode and the map's final
+consolidation with detector seeds 1..K-1 (RANSAC structure removal and point subsampling change
+with the seed; the streaming map replays the cached frame detections, so with
+``--no-final-consolidation`` and no periodic consolidation the map's spread is 0 by construction)
+and reports mean, standard deviation and range of both mAP@0.25 and of their paired difference: how
+much of a map-vs-scene gap is the seed's.
 
-Per-frame and scene detections are cached in ``--out`` (``detections_<scene>.pkl``), so map
+Per-frame and scene detections are cached in ``--out`` (``detections_<scene>.pkl``, used only
+when it was made from the same scene folder, scene and model; otherwise detected again), so map
 settings can be swept without re-running the detector (``--set FIELD=VALUE``). Tune on TRAIN
 scenes only::
 
@@ -173,9 +178,16 @@ def _frame_gt(pts, ids, instances):
     return frame_boxes, scene_boxes
 
 
-def _detect_scene(detector, labels, scene_dir: Path, cache: Path) -> dict:
+def _detect_scene(detector, labels, scene_dir: Path, cache: Path, source: str) -> dict:
+    # ``source`` names what the detections depend on besides the scene (the model); a cache
+    # made from another scene folder (split/seed) or model is detected again.
+    key = {'scene': str(scene_dir.resolve()), 'model': source}
     if cache.is_file():
-        return pickle.loads(cache.read_bytes())
+        data = pickle.loads(cache.read_bytes())
+        if data.get('key') == key:
+            return data
+        print(f'{cache.name}: made from {data.get("key")}, not {key}: detecting again',
+              flush=True)
     scene = read_scannet_scene(scene_dir)
     frames = []
     for frame in read_frames(scene_dir):
@@ -185,7 +197,7 @@ def _detect_scene(detector, labels, scene_dir: Path, cache: Path) -> dict:
         frames.append({'result': res, 'ms': 1e3 * (time.perf_counter() - t0)})
     t0 = time.perf_counter()
     scene_res = detector.detect(scene.points, labels)
-    data = {'frames': frames, 'scene': scene_res,
+    data = {'key': key, 'frames': frames, 'scene': scene_res,
             'scene_ms': 1e3 * (time.perf_counter() - t0)}
     cache.write_bytes(pickle.dumps(data))
     return data
@@ -330,7 +342,8 @@ def main(args: argparse.Namespace) -> int:
     cached = {}
     for d in scene_dirs:
         t0 = time.perf_counter()
-        cached[d.name] = _detect_scene(detector, labels, d, args.out / f'detections_{d.name}.pkl')
+        cached[d.name] = _detect_scene(detector, labels, d, args.out / f'detections_{d.name}.pkl',
+                                       str(detector.classifier.model.source))
         print(f'{d.name}: detections ready ({time.perf_counter() - t0:.1f} s)', flush=True)
     if args.detect_only:
         return 0

@@ -207,6 +207,7 @@ class DetectorNode(Node):
         # executor never waits on the map thread for more than one map change.
         self._map_epoch = 0
         self._map_epoch_lock = threading.Lock()
+        self._consolidation_queued = False
         if self._settings.object_map_enabled:
             from opendlign_core.object_map import ObjectMap
             self._object_map = ObjectMap(getattr(detector, 'classifier', None), self._label_set,
@@ -318,7 +319,8 @@ class DetectorNode(Node):
         self.abandoned_threads = tuple(t.name for t in (self._inference_thread,
                                                         self._labels_thread) if t.is_alive())
         if self._map_worker is not None:
-            self._map_worker.shutdown(wait=True)
+            # Queued updates and consolidations are dropped; a running one finishes.
+            self._map_worker.shutdown(wait=True, cancel_futures=True)
             self._map_worker = None
         if self._transforms is not None:
             self._transforms.close()
@@ -486,7 +488,9 @@ class DetectorNode(Node):
                     self.get_logger().error(f'object map consolidation failed: '
                                             f'{type(e).__name__}: {e}',
                                             throttle_duration_sec=self._throttle())
-            count = self._publish_objects(header)
+            count = self._publish_objects(header, epoch)
+            if count is None:
+                return
         except Exception as e:  # noqa: BLE001 - the detections are already out
             message = f'object map update failed: {type(e).__name__}: {e}'
             with self._lock:
@@ -551,30 +555,55 @@ class DetectorNode(Node):
             return response
         with self._lock:
             processed = self._counters.processed
+            queued = self._consolidation_queued
+            self._consolidation_queued = True
         if processed == 0:
+            with self._lock:
+                self._consolidation_queued = queued
             response.message = 'nothing to consolidate: no cloud processed yet'
             return response
-        self._map_worker.submit(self._consolidate_job, self._map_epoch)
         response.success = True
+        if queued:
+            # One waiting consolidation serves every request made before it starts (each is a
+            # scene-mode detection, ~1 s: a burst of requests must not stall the map).
+            response.message = ('a consolidation is already queued; objects are published '
+                                'when it is done')
+            return response
+        self._map_worker.submit(self._consolidate_job, self._map_epoch)
         response.message = 'consolidation queued; objects are published when it is done'
         return response
 
     def _consolidate_job(self, epoch: int) -> None:
         start = time.perf_counter()
+        with self._lock:
+            self._consolidation_queued = False   # requests from now on need another run
         try:
             count = self._consolidate(epoch)
+            header = self._map_header
+            if count is not None and header is not None:
+                count = self._publish_objects(header, epoch)
         except Exception as e:  # noqa: BLE001 - the map thread must keep serving
             self.get_logger().error(f'object map consolidation failed: {type(e).__name__}: {e}')
             return
         if count is None:
             self.get_logger().info('object map: consolidation dropped: the map was cleared')
-            return
-        if self._map_header is not None:
-            self._publish_objects(self._map_header)
-        self.get_logger().info(f'object map: consolidated: {count} objects '
-                               f'({(time.perf_counter() - start) * 1e3:.0f} ms)')
+        elif header is None:
+            self.get_logger().info('object map: nothing to consolidate: no cloud since the '
+                                   'map was cleared')
+        else:
+            self.get_logger().info(f'object map: consolidated: {count} objects '
+                                   f'({(time.perf_counter() - start) * 1e3:.0f} ms)')
 
-    def _publish_objects(self, header: Header) -> int:
+    def _publish_objects(self, header: Header, epoch: Optional[int] = None) -> Optional[int]:
+        # Snapshot and publish under the epoch lock, so an objects message of the old map
+        # never follows the empty one of a clear; None (nothing published) when ``epoch`` is
+        # given and the map was cleared since. Callers holding the lock use _publish_snapshot.
+        with self._map_epoch_lock:
+            if epoch is not None and epoch != self._map_epoch:
+                return None
+            return self._publish_snapshot(header)
+
+    def _publish_snapshot(self, header: Header) -> int:
         objects = self._object_map.objects(confirmed_only=True)
         self._publish(self._objects_pub, conversions.objects_to_msg(
             objects, header, self._frame_from_zup))
@@ -595,12 +624,14 @@ class DetectorNode(Node):
             with self._lock:
                 self._map_epoch += 1
             count = len(self._object_map)
+            confirmed = len(self._object_map.objects(confirmed_only=True))
             self._object_map.clear()
-        if self._map_frame:
-            self._publish_objects(Header(stamp=self.get_clock().now().to_msg(),
-                                         frame_id=self._map_frame))
+            self._map_header = None   # the next cloud stamps the new map
+            if self._map_frame:
+                self._publish_snapshot(Header(stamp=self.get_clock().now().to_msg(),
+                                              frame_id=self._map_frame))
         response.success = True
-        response.message = f'cleared {count} objects'
+        response.message = f'cleared {count} objects ({confirmed} confirmed)'
         self.get_logger().info(f'object map: {response.message}')
         return response
 

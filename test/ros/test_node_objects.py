@@ -1,6 +1,7 @@
 """Node tests of the persistent object map wiring: objects, objects_markers, ~/clear_objects."""
 
 import threading
+import time
 
 from builtin_interfaces.msg import Time
 import numpy as np
@@ -142,7 +143,7 @@ def test_objects_keep_their_ids_over_frames_and_clear_empties_the_map(rig):
     assert rig.clear.wait_for_service(timeout_sec=10)
     future = rig.clear.call_async(Trigger.Request())
     response = wait_until(lambda: future.done() and future.result(), 10)
-    assert response.success and response.message == 'cleared 2 objects'
+    assert response.success and response.message == 'cleared 2 objects (2 confirmed)'
     assert len(rig.node.object_map) == 0
     wait_until(lambda: rig.objects[-1].detections == [])
     # Ids are never reused after a clear.
@@ -224,7 +225,7 @@ def test_clear_drops_queued_map_work_and_never_waits_for_the_map_thread(rig):
         response = wait_until(lambda: future.done() and future.result(), 3)
     finally:
         gate.set()
-    assert response.success and response.message == 'cleared 2 objects'
+    assert response.success and response.message == 'cleared 2 objects (2 confirmed)'
     rig.node.wait_for_object_map(timeout=30)
     rig.node._map_worker.submit(lambda: None).result(timeout=60)   # the consolidation's turn
     assert len(rig.node.object_map) == 0
@@ -232,3 +233,61 @@ def test_clear_drops_queued_map_work_and_never_waits_for_the_map_thread(rig):
     # The next cloud starts the new map, under new ids.
     again = [rig.feed(points, sec) for sec in range(5, 8)][-1]
     assert len(again.detections) == 2 and not set(d.id for d in again.detections) & set(ids)
+
+
+def test_no_objects_message_of_the_old_map_follows_the_clear(rig):
+    # The map thread is slowed between building a cloud's objects message and publishing it
+    # (fault injection: 0.5 s); a clear in that window must still publish last.
+    points = scene_points(0)
+    for sec in range(1, 4):
+        rig.feed(points, sec)
+    in_publish = threading.Event()
+    publish = rig.node._publish
+
+    def slow_publish(publisher, msg):
+        if (publisher is rig.node._objects_pub
+                and threading.current_thread().name.startswith('object_map')):
+            in_publish.set()
+            time.sleep(0.5)
+        publish(publisher, msg)
+
+    rig.node._publish = slow_publish
+    count = len(rig.objects)
+    rig.node._on_cloud(conversions.cloud_to_msg(points, Header(stamp=Time(sec=4),
+                                                               frame_id='room')))
+    assert in_publish.wait(60)
+    future = rig.clear.call_async(Trigger.Request())
+    response = wait_until(lambda: future.done() and future.result(), 10)
+    assert response.success and response.message == 'cleared 2 objects (2 confirmed)'
+    wait_until(lambda: len(rig.objects) >= count + 2, 10)
+    rig.node.wait_for_object_map(timeout=30)
+    with rig.lock:
+        stamps = [m.header.stamp.sec for m in rig.objects[count:]]
+        last = rig.objects[-1]
+    assert stamps[0] == 4 and len(stamps) == 2      # the cloud's message, then the clear's
+    assert last.detections == []
+    # A consolidation asked for after the clear, before any new cloud, publishes nothing
+    # (no stale stamp of the old map).
+    assert _consolidate(rig).success
+    rig.node._map_worker.submit(lambda: None).result(timeout=60)
+    assert len(rig.objects) == count + 2
+
+
+def test_a_burst_of_consolidation_requests_runs_one_consolidation(rig):
+    points = scene_points(0)
+    for sec in range(1, 4):
+        rig.feed(points, sec)
+    gate = threading.Event()
+    rig.node._map_worker.submit(gate.wait, 30)
+    try:
+        messages = [_consolidate(rig).message for _ in range(5)]
+    finally:
+        gate.set()
+    assert messages[0].startswith('consolidation queued')
+    assert all(m.startswith('a consolidation is already queued') for m in messages[1:])
+    rig.node._map_worker.submit(lambda: None).result(timeout=60)
+    assert rig.node.object_map.stats['consolidated'] == 1
+    # Once it has started, a new request queues a new run.
+    assert _consolidate(rig).message.startswith('consolidation queued')
+    rig.node._map_worker.submit(lambda: None).result(timeout=60)
+    assert rig.node.object_map.stats['consolidated'] == 2
