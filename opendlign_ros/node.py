@@ -709,7 +709,12 @@ class DetectorNode(Node):
         try:
             publisher.publish(msg)
         except RCLError as e:
-            # Transport errors (e.g. during shutdown or with an exhausted SHM segment).
+            # Transport errors (e.g. with an exhausted SHM segment). After SIGINT/SIGTERM the
+            # signal handler has shut the context down while a cloud or map job may still be
+            # finishing: its publishes are refused, which is part of a normal stop (and a
+            # warning could not reach /rosout any more either).
+            if self._stopping or not self.context.ok():
+                return
             self.get_logger().warning(f'publish on {publisher.topic_name} failed: {e}',
                                       throttle_duration_sec=self._throttle())
 

@@ -217,3 +217,28 @@ def test_destroy_node_does_not_wait_for_a_long_label_build_or_cloud():
         double.labels_gate.set()
         double.gate.set()
         rclpy.try_shutdown(context=ctx)
+
+
+def test_a_cloud_finishing_after_a_signal_stops_the_context_is_dropped_quietly(capfd):
+    # SIGTERM with a cloud in flight: rclpy's signal handler shuts the rcl context down (the
+    # node's handles stay), then the detection ends and its publishes are refused. That is a
+    # normal stop: no 'publish failed' warning, which could not reach /rosout either.
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=unique_domain_id())
+    double = DoubleDetector()
+    node = DetectorNode(detector=double, context=ctx, parameter_overrides=[
+        Parameter('labels', value=['chair']), Parameter('object_map.enabled', value=False)])
+    try:
+        double.gate.clear()
+        node._on_cloud(_cloud(1.0))
+        assert double.entered.wait(5)
+        capfd.readouterr()
+        ctx.handle.shutdown()   # what the signal handler does
+        double.gate.set()
+        _wait(lambda: node._counters.processed == 1)
+        err = capfd.readouterr().err
+        assert 'publish on' not in err and 'Failed to publish' not in err
+    finally:
+        double.gate.set()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
