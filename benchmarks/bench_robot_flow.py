@@ -28,14 +28,15 @@ their ratio, the consolidations' cost; class-agnostic recall@0.25 of the best-la
 segmentation's reach, as in ``bench_segmentation.py`` but over the boxes the detector reports)
 and the label accuracy of the objects so found, for frames, map and scene.
 
-``--regrid-scene`` adds scene mode on each scene cloud re-voxelised on a 2 cm grid shifted by half
-a cell (the same surfaces sampled otherwise, 0.69 x the points): how far scene mode itself moves
-with the sampling of its input. ``--detector-seeds K`` repeats scene mode and the map's final
-consolidation with detector seeds 1..K-1 (RANSAC structure removal and point subsampling change
-with the seed; the streaming map replays the cached frame detections, so with
-``--no-final-consolidation`` and no periodic consolidation the map's spread is 0 by construction)
-and reports mean, standard deviation and range of both mAP@0.25 and of their paired difference: how
-much of a map-vs-scene gap is the seed's.
+``--regrid-scene`` adds scene mode on each scene cloud re-voxelised on another 2 cm grid, with
+cells centred on multiples of 2 cm rather than anchored at the scene's lowest point (the same
+surfaces sampled otherwise, about 0.7 x the points): how far scene mode itself moves with the
+sampling of its input. ``--detector-seeds K`` repeats scene mode and the map's final consolidation
+with detector seeds 1..K-1 (RANSAC structure removal and point subsampling change with the seed;
+the streaming map replays the cached frame detections, so with ``--no-final-consolidation`` and no
+periodic consolidation the map's spread is 0 by construction) and reports mean, standard deviation
+and range of both mAP@0.25 and of their paired difference: how much of a map-vs-scene gap is the
+seed's.
 
 Per-frame and scene detections are cached in ``--out`` (``detections_<scene>.pkl``, used only
 when it was made from the same scene folder, scene and model; otherwise detected again), so map
@@ -105,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    'report the spread of both mAPs and of their paired difference')
     p.add_argument('--regrid-scene', action='store_true',
                    help='also run scene mode on each scene cloud re-voxelised on a 2 cm grid '
-                   'shifted by half a cell (same surfaces, other samples): the spread of '
+                   'centred on multiples of 2 cm (same surfaces, other samples): the spread of '
                    'scene mode itself under a resampling of its input')
     p.add_argument('--time-frames', type=int, default=0,
                    help='also re-time detection and map update back to back (same load) on the '
@@ -237,7 +238,8 @@ REGRID_CELL = 0.02
 
 
 def _regrid(points: np.ndarray) -> np.ndarray:
-    # Centroids of the points on a REGRID_CELL grid shifted by half a cell from the origin.
+    # Centroids of the points on a REGRID_CELL grid whose cells are centred on multiples of
+    # REGRID_CELL (the scene's fusion grid is anchored at its lowest point instead).
     cells = np.floor(np.asarray(points, np.float64) / REGRID_CELL + 0.5).astype(np.int64)
     _, inverse = np.unique(cells, axis=0, return_inverse=True)
     inverse = inverse.ravel()

@@ -556,10 +556,8 @@ class DetectorNode(Node):
         with self._lock:
             processed = self._counters.processed
             queued = self._consolidation_queued
-            self._consolidation_queued = True
+            self._consolidation_queued = processed > 0 or queued
         if processed == 0:
-            with self._lock:
-                self._consolidation_queued = queued
             response.message = 'nothing to consolidate: no cloud processed yet'
             return response
         response.success = True

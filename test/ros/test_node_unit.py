@@ -195,13 +195,19 @@ def test_configure_process_shortens_the_gil_switch_interval_and_limits_blas():
         threadpool_limits(limits=blas_before, user_api='blas')
 
 
-def test_destroy_node_does_not_wait_for_a_long_label_build_or_cloud():
-    from opendlign_ros.node import SHUTDOWN_JOIN_S
+def _unspun_node():
+    # A node with a DoubleDetector in its own context, not spun: for tests that stop it.
     ctx = Context()
     rclpy.init(context=ctx, domain_id=unique_domain_id())
     double = DoubleDetector()
     node = DetectorNode(detector=double, context=ctx, parameter_overrides=[
         Parameter('labels', value=['chair']), Parameter('object_map.enabled', value=False)])
+    return ctx, node, double
+
+
+def test_destroy_node_does_not_wait_for_a_long_label_build_or_cloud():
+    from opendlign_ros.node import SHUTDOWN_JOIN_S
+    ctx, node, double = _unspun_node()
     try:
         # A label build and a detection that would each take 30 s (a huge label list, a cloud
         # waiting for a transform): a stop abandons them after SHUTDOWN_JOIN_S each.
@@ -223,11 +229,7 @@ def test_a_cloud_finishing_after_a_signal_stops_the_context_is_dropped_quietly(c
     # SIGTERM with a cloud in flight: rclpy's signal handler shuts the rcl context down (the
     # node's handles stay), then the detection ends and its publishes are refused. That is a
     # normal stop: no 'publish failed' warning, which could not reach /rosout either.
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=unique_domain_id())
-    double = DoubleDetector()
-    node = DetectorNode(detector=double, context=ctx, parameter_overrides=[
-        Parameter('labels', value=['chair']), Parameter('object_map.enabled', value=False)])
+    ctx, node, double = _unspun_node()
     try:
         double.gate.clear()
         node._on_cloud(_cloud(1.0))
